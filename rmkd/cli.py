@@ -1,0 +1,192 @@
+"""The ``rmkd`` command line: ``rmkd {data,train,eval,demo} --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+CONFIG_HELP = (
+    "YAML config; its keys override the defaults (see configs/*.yaml and rmkd/config.py). "
+    "Without it the embedded digits benchmark and a small RetinaNet student are used."
+)
+SET_HELP = (
+    "override config keys, e.g. --set train.max_steps=200 model.backbone=resnet34 "
+    "(values parsed as YAML; repeatable)"
+)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help=SET_HELP)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars (e.g. in logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmkd",
+        description=(
+            "Knowledge distillation for one-stage object detectors (Rank Mimicking and "
+            "Prediction-guided Feature Imitation, Li et al., AAAI 2022). Runs on a laptop CPU with "
+            "an embedded data set; reads any COCO-format data."
+        ),
+        epilog="Start with 'make demo', or: rmkd data synth && rmkd train --out runs/student",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="make or convert data sets", description="Make or convert data sets.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    synth = data_sub.add_parser(
+        "synth",
+        help="write the embedded 'digits on photos' COCO data set",
+        description=(
+            "Write the embedded 'digits on photos' data set (scikit-learn digits pasted on scikit-image "
+            "photos and noise; 10 classes; COCO json) under --out. Deterministic for a seed; reused if "
+            "already there with the same parameters."
+        ),
+    )
+    synth.add_argument("--out", default="data/digits", help="output folder (default: data/digits)")
+    synth.add_argument("--num-train", type=int, default=4000, help="training images (default: 4000)")
+    synth.add_argument("--num-val", type=int, default=500, help="validation images (default: 500)")
+    synth.add_argument("--image-size", type=int, default=64, help="square image side in pixels (default: 64)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--overwrite", action="store_true", help="replace a data set made with other parameters")
+    _add_common(synth)
+    voc = data_sub.add_parser(
+        "voc2coco",
+        help="convert PASCAL VOC XML annotations to COCO json",
+        description=(
+            "Convert PASCAL VOC annotations (VOCdevkit layout) to one COCO json. file_name entries are "
+            "relative to VOC_ROOT, so point data.*.images at VOC_ROOT."
+        ),
+    )
+    voc.add_argument("voc_root", help="VOCdevkit folder (or one VOC20xx folder inside it)")
+    voc.add_argument("--image-set", default="trainval", help="ImageSets/Main list to convert (default: trainval)")
+    voc.add_argument("--years", nargs="+", help="VOC years to include, e.g. 2007 2012 (default: all found)")
+    voc.add_argument("--out", required=True, help="output COCO json path")
+
+    train = sub.add_parser(
+        "train",
+        help="train one detector (a teacher or a baseline student)",
+        description=(
+            "Train one detector. Writes DIR/last.pt (atomically, every train.checkpoint_every steps), "
+            "DIR/metrics.jsonl, DIR/config.yaml and, at the end, DIR/metrics.json (COCO AP on the val split)."
+        ),
+    )
+    _add_config_args(train)
+    train.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in DIR from its last.pt")
+    _add_common(train)
+
+    ev = sub.add_parser(
+        "eval",
+        help="COCO mAP of a checkpoint",
+        description=(
+            "Evaluate a checkpoint on the val split of its own config (override with --config/--set). "
+            "Writes detections.json (COCO results) and metrics.json to --out (default: CKPT's folder/eval)."
+        ),
+    )
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="an rmkd last.pt")
+    ev.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help=SET_HELP)
+    ev.add_argument("--out", metavar="DIR", help="where to write detections.json and metrics.json")
+    _add_common(ev)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on the embedded data: teacher, student, table",
+        description=(
+            "Generate the embedded data set, train a teacher (cached under data/cache, keyed by its config) "
+            "and a baseline student for fixed step budgets, evaluate both and print a table. "
+            "The first run takes about 25 minutes on a 2-core CPU; later runs reuse the teacher."
+        ),
+    )
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="run folder for the student(s) (default: runs/demo)")
+    demo.add_argument("--teacher-config", default=None, metavar="FILE", help="teacher config (default: configs/teacher.yaml)")
+    demo.add_argument("--student-config", default=None, metavar="FILE", help="student config (default: configs/student.yaml)")
+    demo.add_argument("--cache", default="data/cache", metavar="DIR", help="where trained teachers are kept (default: data/cache)")
+    demo.add_argument(
+        "--quick", action="store_true", help="tiny data and budgets: checks the pipeline in about a minute (numbers meaningless)"
+    )
+    demo.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="overrides for both models")
+    _add_common(demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    progress = not getattr(args, "no_progress", False)
+    try:
+        return _dispatch(args, progress)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("RMKD_DEBUG"):
+            raise
+        print(f"rmkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rmkd {args.command}: interrupted (a checkpoint was saved where a run was training)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args, progress: bool) -> int:
+    if args.command == "data":
+        if args.data_command == "synth":
+            from .data import make_synthetic
+
+            paths = make_synthetic(
+                args.out,
+                num_train=args.num_train,
+                num_val=args.num_val,
+                image_size=args.image_size,
+                seed=args.seed,
+                overwrite=args.overwrite,
+                progress=progress,
+            )
+            print(json.dumps(paths, indent=2))
+        else:
+            from .data import voc_to_coco
+
+            coco = voc_to_coco(args.voc_root, image_set=args.image_set, out_json=args.out, years=args.years)
+            print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes")
+        return 0
+
+    if args.command == "train":
+        from .config import load_config
+        from .run import train
+
+        cfg = load_config(args.config, args.set)
+        metrics = train(cfg, args.out, resume=args.resume, progress=progress)
+        print(json.dumps(metrics, indent=2))
+        return 0
+
+    if args.command == "eval":
+        from .run import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(args.checkpoint, args.out, args.set, progress)
+        print(json.dumps(metrics, indent=2))
+        return 0
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(
+            out=args.out,
+            teacher_config=args.teacher_config,
+            student_config=args.student_config,
+            cache=args.cache,
+            quick=args.quick,
+            overrides=args.set,
+            progress=progress,
+        )
+        return 0
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

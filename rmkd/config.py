@@ -1,0 +1,278 @@
+"""Run configuration: plain dataclasses, filled from YAML and ``--set KEY=VALUE``.
+
+A config file only overrides defaults; every key it may hold is a field below.
+An unknown (misspelt) key or a value of the wrong type is a :class:`ConfigError`
+naming the key, the file and what is expected. YAML is read with ``safe_load``
+and nothing in a config is evaluated as code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or ``--set`` override that does not fit the schema."""
+
+
+@dataclass
+class SplitConfig:
+    images: str = ""  # folder of images
+    annotations: str = ""  # COCO json
+
+
+@dataclass
+class SynthConfig:
+    """The embedded "digits on photos" set (see ``rmkd.data.make_synthetic``)."""
+
+    out: str = "data/digits"
+    num_train: int = 4000
+    num_val: int = 500
+    image_size: int = 64
+    min_digits: int = 1
+    max_digits: int = 4
+    min_digit_size: int = 12
+    max_digit_size: int = 40
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # "synth": generate (or reuse) the embedded set and read it; "coco": read train/val below.
+    source: str = "synth"
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    hflip: float = 0.5  # probability of a horizontal flip in training
+    workers: int = 0  # DataLoader worker processes
+    val_limit: int = 0  # evaluate on the first N val images only (0 = all)
+
+
+@dataclass
+class ModelConfig:
+    family: str = "retinanet"
+    backbone: str = "resnet18"
+    num_classes: int = 10
+    fpn_channels: int = 32
+    head_convs: int = 2
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [short side, max long side]
+    anchor_sizes: list[float] = field(default_factory=lambda: [12.0, 24.0, 48.0, 96.0, 160.0])
+    scales_per_octave: int = 2
+    aspect_ratios: list[float] = field(default_factory=lambda: [1.0, 1.5])  # height / width
+    weights_backbone: Optional[str] = None  # None, "imagenet" (download) or a file
+    norm: str = "bn"  # "bn" (trainable, from scratch) or "frozen_bn" (pretrained)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 16
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine", "step" or "constant"
+    milestones: list[float] = field(default_factory=lambda: [0.67, 0.89])  # "step": fractions of max_steps
+    gamma: float = 0.1  # "step": lr factor at each milestone
+    clip_grad: float = 10.0  # max gradient norm (0 = off)
+    checkpoint_every: int = 500
+    log_every: int = 20
+    eval_every: int = 0  # 0 = evaluate at the end only
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool = False  # autocast on CUDA
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self, *sections: str) -> str:
+        """Short hash of the named sections (all when none): a cache key."""
+        d = self.to_dict()
+        if sections:
+            d = {s: d[s] for s in sections}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (allowing int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]  # a scalar where a list is expected: a one-element list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: key '{key}' expects a list of {_type_name(item)}, got {value!r}")
+        return [_coerce(v, item, key, where) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}' expects true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: key '{key}' expects a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: key '{key}' expects an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: key '{key}' expects a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: key '{key}' has unsupported type {tp}")  # pragma: no cover
+
+
+def _merge(obj, values: dict, prefix: str, where: str) -> None:
+    """Write ``values`` into dataclass ``obj`` in place, checking names and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = prefix + str(key)
+        if key not in names:
+            raise ConfigError(
+                f"{where}: unknown config key '{full}'; valid keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, full + ".", where)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full, where))
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.lr=0.01", "seed=3"]`` -> nested dict (values parsed as YAML scalars/lists)."""
+    nested: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e.problem}") from None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is set both as a value and as a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path!r} is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Defaults <- ``base`` dict (e.g. a checkpoint's config) <- YAML file <- ``--set`` overrides."""
+    cfg = Config()
+    if base:
+        _merge(cfg, base, "", "stored config")
+    if path:
+        _merge(cfg, read_yaml(path), "", f"config {os.fspath(path)!r}")
+    if overrides:
+        _merge(cfg, parse_overrides(overrides), "", "--set")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.source": ("synth", "coco"),
+    "model.family": ("retinanet", "fcos"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.norm": ("bn", "frozen_bn"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("cosine", "step", "constant"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Values that have the right type but cannot work."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {', '.join(choices)}")
+    if cfg.data.source == "coco":
+        for split in ("train", "val"):
+            s = getattr(cfg.data, split)
+            if not s.images or not s.annotations:
+                raise ConfigError(
+                    f"data.source is 'coco' but data.{split}.images / data.{split}.annotations are not set"
+                )
+    if len(cfg.model.image_size) not in (1, 2):
+        raise ConfigError(f"model.image_size must be [short] or [short, max_long], got {cfg.model.image_size}")
+    for key, value, low in (
+        ("train.max_steps", cfg.train.max_steps, 1),
+        ("train.batch_size", cfg.train.batch_size, 1),
+        ("train.checkpoint_every", cfg.train.checkpoint_every, 1),
+        ("train.log_every", cfg.train.log_every, 1),
+        ("eval.batch_size", cfg.eval.batch_size, 1),
+        ("model.num_classes", cfg.model.num_classes, 1),
+        ("train.warmup_steps", cfg.train.warmup_steps, 0),
+        ("train.eval_every", cfg.train.eval_every, 0),
+    ):
+        if value < low:
+            raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"config key 'train.lr' must be > 0, got {cfg.train.lr}")
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

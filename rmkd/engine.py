@@ -1,0 +1,168 @@
+"""The training loop and the evaluation pass, nothing else.
+
+``train_loop`` optimises any *objective*: an ``nn.Module`` whose
+``forward(images, targets)`` returns a dict of named scalar losses (the
+detector's own losses for plain training, detection + KD terms for a
+Distiller). The total is their sum; each term is logged on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .evaluate import coco_map, detections_to_coco
+from .models import dense_forward, postprocess
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the message lists every term."""
+
+
+class DetectionLoss(nn.Module):
+    """Plain training objective: the detector's own losses from one dense forward."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, targets) -> dict[str, torch.Tensor]:
+        return dense_forward(self.model, images, targets).losses
+
+
+def to_device(images, targets, device):
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
+    ]
+    return images, targets
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_loop(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    batches: Iterator,
+    *,
+    start_step: int,
+    max_steps: int,
+    device: torch.device,
+    clip_grad: float = 0.0,
+    amp: bool = False,
+    log: Callable[[int, dict], None] | None = None,
+    log_every: int = 20,
+    every: list[tuple[int, Callable[[int], None]]] = (),
+    progress: bool = True,
+    desc: str = "train",
+    on_interrupt: Callable[[int], None] | None = None,
+) -> int:
+    """Run steps ``start_step + 1 .. max_steps``; return the last step done.
+
+    ``batches`` yields ``(images, targets)`` for each step in order. ``every`` holds
+    ``(period, fn)`` pairs called as ``fn(step)`` when ``step % period == 0``
+    (checkpoints, evaluation). A non-finite loss raises :class:`NonFiniteLossError`
+    before the optimiser touches the weights, so the last checkpoint stays good.
+    On Ctrl-C, ``on_interrupt(last completed step)`` runs before the interrupt propagates.
+    """
+    objective.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    bar = tqdm(total=max_steps, initial=start_step, desc=desc, disable=not progress, dynamic_ncols=True)
+    done = logged = start_step
+    tic = time.perf_counter()
+    try:
+        for step in range(start_step + 1, max_steps + 1):
+            images, targets = next(batches)
+            images, targets = to_device(images, targets, device)
+            with autocast(device, amp):
+                losses = objective(images, targets)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                raise NonFiniteLossError(f"non-finite loss at step {step}: {terms}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+            optimizer.step()
+            scheduler.step()
+            done = step  # the weights now hold this step: an interrupt from here saves it
+            if log is not None and (step % log_every == 0 or step == max_steps):
+                elapsed = time.perf_counter() - tic
+                record = {k: v.item() for k, v in losses.items()}
+                record.update(loss=total.item(), grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
+                record["sec_per_step"] = elapsed / (step - logged)
+                log(step, record)
+                bar.set_postfix(loss=f"{total.item():.3f}")
+                tic, logged = time.perf_counter(), step
+            bar.update(1)
+            for period, fn in every:
+                if period and step % period == 0:
+                    fn(step)
+    except KeyboardInterrupt:
+        bar.close()
+        if on_interrupt is not None and done > start_step:
+            on_interrupt(done)
+        raise
+    bar.close()
+    return done
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device, progress: bool = True, amp: bool = False) -> list[tuple[int, dict]]:
+    """Detections ``[(image_id, {"boxes", "scores", "labels"})]`` over a loader, on the CPU."""
+    was_training = model.training
+    model.eval()
+    results = []
+    for images, targets in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True, leave=False):
+        images = [img.to(device) for img in images]
+        with autocast(device, amp):
+            dense = dense_forward(model, images)
+            outputs = postprocess(model, dense)
+        for target, out in zip(targets, outputs):
+            results.append((int(target["image_id"]), {k: v.float().cpu() for k, v in out.items()}))
+    model.train(was_training)
+    return results
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = True, amp: bool = False):
+    """COCO box mAP of ``model`` on ``loader.dataset`` (a :class:`rmkd.data.CocoDetection`).
+
+    Returns ``(metrics, detections)``: metrics as :func:`rmkd.evaluate.coco_map`,
+    detections as COCO result dicts (category ids of the data set).
+    """
+    dataset = loader.dataset
+    predictions = predict(model, loader, device, progress, amp)
+    image_ids = [image_id for image_id, _ in predictions]
+    detections = detections_to_coco(image_ids, [out for _, out in predictions], dataset.label_to_cat_id)
+    coco = dataset.coco
+    if len(image_ids) < len(dataset.ids):
+        coco = _subset_coco(coco, image_ids)
+    return coco_map(coco, detections), detections
+
+
+def _subset_coco(coco, image_ids):
+    """A COCO object restricted to ``image_ids`` (for evaluating a val subset)."""
+    from pycocotools.coco import COCO
+
+    keep = set(image_ids)
+    data = {
+        "images": [img for img in coco.dataset["images"] if img["id"] in keep],
+        "annotations": [a for a in coco.dataset["annotations"] if a["image_id"] in keep],
+        "categories": coco.dataset["categories"],
+    }
+    sub = COCO()
+    sub.dataset = data
+    with contextlib.redirect_stdout(None):
+        sub.createIndex()
+    return sub

@@ -1,0 +1,14 @@
+"""torchvision detectors and the one dense forward that everything else reads."""
+
+from .build import build_backbone, build_detector, detector_family, detector_num_classes
+from .dense import DenseOutputs, dense_forward, postprocess
+
+__all__ = [
+    "DenseOutputs",
+    "build_backbone",
+    "build_detector",
+    "dense_forward",
+    "detector_family",
+    "detector_num_classes",
+    "postprocess",
+]

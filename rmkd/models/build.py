@@ -1,0 +1,198 @@
+"""Build torchvision one-stage detectors (RetinaNet, FCOS) for any class count.
+
+We do not rewrite detectors: backbone, FPN, heads, anchor generator, matcher
+and losses are torchvision's own. What this module decides:
+
+- ``num_classes`` counts object categories K (labels 1..K). torchvision's
+  heads index their one-hot targets by the label itself, so the head gets
+  K + 1 outputs per anchor and slot 0 is an always-negative background slot.
+  That convention stays inside this module and :mod:`rmkd.models.dense`
+  (which drops slot 0 from the maps it exposes).
+- Normalisation. torchvision's default FrozenBatchNorm2d is an identity without
+  pretrained weights, so a detector trained from scratch gets trainable
+  BatchNorm in the backbone (``norm="bn"``) and GroupNorm in the head.
+  With ImageNet weights, ``norm="frozen_bn"`` is the usual choice.
+- The FPN width, the number of head convolutions and the anchors are free, so
+  a small student (ResNet-18, FPN 32, 2 head convs) and a COCO-size detector
+  come from the same function.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+FAMILIES = ("retinanet", "fcos")
+BACKBONES = {
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
+}
+NORMS = ("bn", "frozen_bn")
+# COCO defaults: one anchor size per level P3..P7 (torchvision's RetinaNet).
+COCO_ANCHOR_SIZES = (32, 64, 128, 256, 512)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, or fewer for narrow layers (each group >= 1 channel)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def _load_backbone_weights(name: str, weights) -> dict | None:
+    """``None`` (random init), ``"imagenet"`` (torchvision download) or a local file."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        return BACKBONES[name][1].get_state_dict(progress=True)
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"backbone weights file {path!r} not found: give a torchvision ResNet state_dict file, "
+            "'imagenet' to download, or null for random init"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model", state) if isinstance(state, dict) else state
+
+
+def build_backbone(
+    backbone: str = "resnet50",
+    fpn_channels: int = 256,
+    weights=None,
+    norm: str = "bn",
+) -> BackboneWithFPN:
+    """ResNet + FPN returning P3..P7 (P6, P7 computed from P5, as in RetinaNet/FCOS).
+
+    Output: an ``OrderedDict`` of 5 maps ``[B, fpn_channels, H/2^l, W/2^l]``, l = 3..7.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}: choose one of {sorted(BACKBONES)}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}: choose one of {NORMS}")
+    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    body = BACKBONES[backbone][0](weights=None, norm_layer=norm_layer)
+    state = _load_backbone_weights(backbone, weights)
+    if state is not None:
+        missing, unexpected = body.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("fc.")] or unexpected:
+            raise ValueError(
+                f"backbone weights do not fit {backbone}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+    c3 = body.inplanes // 4  # channels of layer2 output (C3): 128 for resnet18/34, 512 for resnet50/101
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+        in_channels_list=[c3, c3 * 2, c3 * 4],
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+    )
+
+
+def build_anchor_generator(
+    anchor_sizes: Sequence[float] = COCO_ANCHOR_SIZES,
+    scales_per_octave: int = 3,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+) -> AnchorGenerator:
+    """Anchors per level: ``size * 2^(i/scales_per_octave)`` x aspect ratios (height / width)."""
+    if len(anchor_sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one size per level P3..P7 (5 values), got {list(anchor_sizes)}")
+    sizes = tuple(tuple(float(s) * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)) for s in anchor_sizes)
+    return AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))
+
+
+def build_detector(
+    family: str,
+    backbone: str,
+    num_classes: int,
+    fpn_channels: int = 256,
+    head_convs: int = 4,
+    image_size: int | Sequence[int] = (800, 1333),
+    *,
+    anchor_sizes: Sequence[float] | None = None,
+    scales_per_octave: int = 3,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    weights_backbone=None,
+    norm: str = "bn",
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> nn.Module:
+    """A torchvision RetinaNet or FCOS for ``num_classes`` categories (labels 1..K).
+
+    Args:
+        family: ``"retinanet"`` or ``"fcos"``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        num_classes: K, object categories without background.
+        fpn_channels: width C of every FPN level.
+        head_convs: 3x3 convs (GroupNorm + ReLU) in each head branch, 1..4.
+        image_size: ``S`` (images resized so the short side is S, long side <= S) or
+            ``(short, max_long)``, as torchvision's ``min_size``/``max_size``.
+        anchor_sizes: base anchor size in pixels per level P3..P7 (RetinaNet; FCOS uses
+            the stride as its point size and ignores this).
+        weights_backbone: ``None``, ``"imagenet"`` (download) or a path to a state_dict.
+        norm: backbone normalisation, ``"bn"`` (trainable) or ``"frozen_bn"``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown detector family {family!r}: choose one of {FAMILIES}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer (categories without background), got {num_classes!r}")
+    if not 1 <= head_convs <= 4:
+        raise ValueError(f"head_convs must be in 1..4, got {head_convs}")
+    if isinstance(image_size, int):
+        min_size, max_size = image_size, image_size
+    else:
+        min_size, max_size = (int(v) for v in image_size)
+    body = build_backbone(backbone, fpn_channels, weights_backbone, norm)
+    common = dict(
+        min_size=min_size,
+        max_size=max_size,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+    )
+    if family == "retinanet":
+        anchors = build_anchor_generator(anchor_sizes or COCO_ANCHOR_SIZES, scales_per_octave, aspect_ratios)
+        num_anchors = anchors.num_anchors_per_location()[0]
+        head = RetinaNetHead(fpn_channels, num_anchors, num_classes + 1, norm_layer=_group_norm)
+        # torchvision's heads always have 4 convs; a smaller student keeps the first few.
+        head.classification_head.conv = head.classification_head.conv[:head_convs]
+        head.regression_head.conv = head.regression_head.conv[:head_convs]
+        model = RetinaNet(body, num_classes + 1, anchor_generator=anchors, head=head, **common)
+    else:
+        if fpn_channels % 32:
+            raise ValueError(f"fcos heads use GroupNorm(32, C): fpn_channels must be a multiple of 32, got {fpn_channels}")
+        # FCOS: one "anchor" per location whose size is the level's stride (8..128), as in
+        # torchvision's fcos_resnet50_fpn; its matcher derives scale ranges from that size.
+        anchors = AnchorGenerator(tuple((2**level,) for level in range(3, 8)), ((1.0,),) * 5)
+        head = FCOSHead(fpn_channels, 1, num_classes + 1, num_convs=head_convs)
+        model = FCOS(body, num_classes + 1, anchor_generator=anchors, head=head, **common)
+    model.rmkd_family = family
+    model.rmkd_num_classes = num_classes
+    return model
+
+
+def detector_family(model: nn.Module) -> str:
+    """``"retinanet"`` or ``"fcos"`` for a torchvision detector (built here or not)."""
+    if isinstance(model, RetinaNet):
+        return "retinanet"
+    if isinstance(model, FCOS):
+        return "fcos"
+    raise TypeError(f"expected a torchvision RetinaNet or FCOS, got {type(model).__name__}")
+
+
+def detector_num_classes(model: nn.Module) -> int:
+    """K, object categories without the background slot."""
+    head = model.head.classification_head
+    return int(head.num_classes) - 1

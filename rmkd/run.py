@@ -1,0 +1,335 @@
+"""Wiring: a :class:`~rmkd.config.Config` becomes data, model, optimiser and a run folder.
+
+``train`` is what ``rmkd train`` (and, with a distillation objective,
+``rmkd distill``) runs. A run folder holds::
+
+    config.yaml     the full resolved config
+    last.pt         checkpoint (model, optimizer, scheduler, step, rng, config)
+    metrics.jsonl   one JSON line per logged step / evaluation
+    metrics.json    final COCO metrics on the val split
+    detections.json final detections on the val split (COCO result format)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import engine
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, ConfigError, load_config, save_config
+from .data import CocoDetection, detection_transforms, make_synthetic
+from .data.loader import eval_loader, train_loader
+from .models import build_detector
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return device
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def data_splits(cfg: Config, progress: bool = True) -> dict:
+    """``{"train": SplitConfig-like dict, "val": ...}``; generates the embedded set if asked."""
+    if cfg.data.source == "synth":
+        s = cfg.data.synth
+        paths = make_synthetic(
+            s.out,
+            num_train=s.num_train,
+            num_val=s.num_val,
+            image_size=s.image_size,
+            min_digits=s.min_digits,
+            max_digits=s.max_digits,
+            min_digit_size=s.min_digit_size,
+            max_digit_size=s.max_digit_size,
+            seed=s.seed,
+            progress=progress,
+        )
+        return {"train": paths["train"], "val": paths["val"]}
+    return {
+        split: {"images": getattr(cfg.data, split).images, "annotations": getattr(cfg.data, split).annotations}
+        for split in ("train", "val")
+    }
+
+
+def build_datasets(cfg: Config, progress: bool = True, train: bool = True):
+    """(train dataset or None, val dataset), checking the class count fits the model."""
+    splits = data_splits(cfg, progress)
+    val = CocoDetection(splits["val"]["images"], splits["val"]["annotations"])
+    train_set = None
+    if train:
+        train_set = CocoDetection(
+            splits["train"]["images"], splits["train"]["annotations"], detection_transforms(True, cfg.data.hflip)
+        )
+    for ds in filter(None, (train_set, val)):
+        if ds.num_classes > cfg.model.num_classes:
+            raise ConfigError(
+                f"{ds.annotations} has {ds.num_classes} categories but model.num_classes is "
+                f"{cfg.model.num_classes}; set --set model.num_classes={ds.num_classes}"
+            )
+    return train_set, val
+
+
+def val_subset(val, limit: int):
+    if limit and limit < len(val):
+        return torch.utils.data.Subset(val, range(limit))
+    return val
+
+
+def build_model(cfg: Config) -> nn.Module:
+    m = cfg.model
+    return build_detector(
+        m.family,
+        m.backbone,
+        m.num_classes,
+        fpn_channels=m.fpn_channels,
+        head_convs=m.head_convs,
+        image_size=m.image_size if len(m.image_size) == 2 else m.image_size[0],
+        anchor_sizes=m.anchor_sizes,
+        scales_per_octave=m.scales_per_octave,
+        aspect_ratios=m.aspect_ratios,
+        weights_backbone=m.weights_backbone,
+        norm=m.norm,
+        score_thresh=m.score_thresh,
+        nms_thresh=m.nms_thresh,
+        detections_per_img=m.detections_per_img,
+    )
+
+
+def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    # No weight decay on norm layers and biases (1-D tensors), the usual detection recipe.
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=t.lr)
+
+
+def build_scheduler(optimizer, cfg: Config):
+    """Linear warmup, then cosine decay / steps at milestones / constant (torch's schedulers)."""
+    t = cfg.train
+    sched = torch.optim.lr_scheduler
+    warmup = min(t.warmup_steps, t.max_steps - 1)
+    rest = t.max_steps - warmup
+    if t.schedule == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(1, rest), eta_min=t.lr * 0.01)
+    elif t.schedule == "step":
+        milestones = sorted({max(1, int(f * t.max_steps) - warmup) for f in t.milestones})
+        main = sched.MultiStepLR(optimizer, milestones, gamma=t.gamma)
+    else:
+        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup <= 0:
+        return main
+    first = sched.LinearLR(optimizer, start_factor=0.001, end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [first, main], milestones=[warmup])
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (and TensorBoard scalars when installed)."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def __call__(self, step: int, record: dict, prefix: str = "train") -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "time": round(time.time(), 3), prefix: record}) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(
+    cfg: Config,
+    out_dir: str,
+    resume: bool = False,
+    progress: bool = True,
+    make_objective: Callable[[nn.Module, torch.device], nn.Module] | None = None,
+    kind: str = "train",
+) -> dict:
+    """Train a detector as configured; return the final val metrics.
+
+    ``make_objective(model, device)`` builds the module whose forward gives the
+    losses (default: the detector's own losses). Its trainable parameters are the
+    optimiser's; its state other than the model (e.g. adapters) is checkpointed too.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, "last.pt")
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.seed)
+    train_set, val_set = build_datasets(cfg, progress)
+    model = build_model(cfg).to(device)
+    objective = (make_objective or (lambda m, d: engine.DetectionLoss(m)))(model, device).to(device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+
+    start = 0
+    if resume and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path)
+        if state.get("config", {}).get("model") != cfg.to_dict()["model"]:
+            raise ConfigError(f"{ckpt_path} was trained with another model config; resume with the same config")
+        model.load_state_dict(state["model"])
+        objective_extra(objective, state.get("objective", {}))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start = int(state["step"])
+        print(f"resuming {out_dir} from step {start}", file=sys.stderr)
+    elif not resume and os.path.exists(ckpt_path):
+        raise ConfigError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    save_config(cfg, os.path.join(out_dir, "config.yaml"))
+
+    log = MetricsLog(out_dir)
+    step_times: list[float] = []
+
+    def log_train(step: int, record: dict) -> None:
+        step_times.append(record["sec_per_step"])
+        log(step, record)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "objective": objective_extra(objective),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "config": cfg.to_dict(),
+                "kind": kind,
+                "rng": {"torch": torch.get_rng_state()},
+            },
+            ckpt_path,
+        )
+
+    val_loader = eval_loader(val_subset(val_set, cfg.data.val_limit), cfg.eval.batch_size, cfg.data.workers)
+
+    def evaluate(step: int) -> dict:
+        metrics, detections = engine.evaluate(model, val_loader, device, progress, cfg.train.amp)
+        log(step, metrics, prefix="eval")
+        return metrics, detections
+
+    batches = iter(train_loader(train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.max_steps, cfg.data.workers))
+    every = [(cfg.train.checkpoint_every, checkpoint)]
+    if cfg.train.eval_every:
+        every.append((cfg.train.eval_every, evaluate))
+    tic = time.perf_counter()
+    try:
+        step = engine.train_loop(
+            objective,
+            optimizer,
+            scheduler,
+            batches,
+            start_step=start,
+            max_steps=cfg.train.max_steps,
+            device=device,
+            clip_grad=cfg.train.clip_grad,
+            amp=cfg.train.amp,
+            log=log_train,
+            log_every=cfg.train.log_every,
+            every=every,
+            progress=progress,
+            desc=f"{kind} {os.path.basename(os.path.normpath(out_dir))}",
+            on_interrupt=checkpoint,
+        )
+    finally:
+        log.close()
+    train_seconds = time.perf_counter() - tic
+    checkpoint(step)
+    metrics, detections = evaluate(step)
+    summary = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(train_seconds, 1),  # this invocation only (a resumed run counts from resume)
+        "sec_per_step_median": float(statistics.median(step_times)) if step_times else float("nan"),
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
+        json.dump(detections, f)
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
+    return metrics
+
+
+def objective_extra(objective: nn.Module, state: dict | None = None) -> dict:
+    """Trainable state of the objective outside the detector (e.g. KD adapters).
+
+    Without ``state``: return it (for the checkpoint). With: load it.
+    """
+    own = {k: v for k, v in objective.state_dict().items() if not k.startswith(("model.", "student.", "teacher."))}
+    if state is None:
+        return own
+    if own or state:
+        objective.load_state_dict({**objective.state_dict(), **state})
+    return own
+
+
+def load_model(checkpoint: str, device: torch.device | str = "cpu", overrides: list[str] | None = None):
+    """``(model in eval mode, config)`` from an rmkd checkpoint."""
+    state = load_checkpoint(checkpoint)
+    cfg = load_config(base=state.get("config", {}), overrides=overrides)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg
+
+
+def evaluate_checkpoint(checkpoint: str, out_dir: str | None = None, overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """``rmkd eval``: COCO metrics of a checkpoint on its config's val split."""
+    model, cfg = load_model(checkpoint, "cpu", overrides)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    _, val = build_datasets(cfg, progress, train=False)
+    loader = eval_loader(val_subset(val, cfg.data.val_limit), cfg.eval.batch_size, cfg.data.workers)
+    metrics, detections = engine.evaluate(model, loader, device, progress, cfg.train.amp)
+    # A folder beside the checkpoint by default, so the training run's own metrics.json stays.
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
+        json.dump(detections, f)
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    return metrics
