@@ -1,4 +1,4 @@
-"""The ``rmkd`` command line: ``rmkd {data,train,eval,demo} --help``."""
+"""The ``rmkd`` command line: ``rmkd {data,train,distill,eval,demo} --help``."""
 
 from __future__ import annotations
 
@@ -82,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in DIR from its last.pt")
     _add_common(train)
 
+    dist = sub.add_parser(
+        "distill",
+        help="train a student distilled from a frozen teacher (RM, PFI and baselines)",
+        description=(
+            "Train the configured student with its detection losses plus weighted KD terms against a frozen "
+            "teacher checkpoint. Terms (weights in the distill section, 0 = off): rm, pfi, soft_label, fi_full, "
+            "fi_positive, fi_negative, fi_gt, fgfi; default rm=4 pfi=1.5. Options: distill.rm_score "
+            "(cls|iou|cls+iou), distill.rm_space (prob|logit), distill.rm_temperature, distill.pfi_detach. "
+            "Same run folder as 'rmkd train'; evaluate the result with 'rmkd eval'."
+        ),
+    )
+    _add_config_args(dist)
+    dist.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint (last.pt of 'rmkd train'); or distill.teacher")
+    dist.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    dist.add_argument("--resume", action="store_true", help="continue the run in DIR from its last.pt")
+    _add_common(dist)
+
     ev = sub.add_parser(
         "eval",
         help="COCO mAP of a checkpoint",
@@ -162,6 +179,17 @@ def _dispatch(args, progress: bool) -> int:
 
         cfg = load_config(args.config, args.set)
         metrics = train(cfg, args.out, resume=args.resume, progress=progress)
+        print(json.dumps(metrics, indent=2))
+        return 0
+
+    if args.command == "distill":
+        from .config import load_config
+        from .run import distill
+
+        cfg = load_config(args.config, args.set)
+        if args.teacher:
+            cfg.distill.teacher = args.teacher  # a path, never parsed as YAML
+        metrics = distill(cfg, args.out, resume=args.resume, progress=progress)
         print(json.dumps(metrics, indent=2))
         return 0
 

@@ -42,6 +42,8 @@ class SynthConfig:
     max_digits: int = 4
     min_digit_size: int = 12
     max_digit_size: int = 40
+    contrast: list[float] = field(default_factory=lambda: [0.6, 1.0])  # digit colour vs background, range
+    noise_fraction: float = 0.25  # share of images on smooth noise instead of a photo
     seed: int = 0
 
 
@@ -52,7 +54,7 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
-    hflip: float = 0.5  # probability of a horizontal flip in training
+    hflip: float = 0.5  # probability of a horizontal flip in training (the digits configs set 0)
     workers: int = 0  # DataLoader worker processes
     val_limit: int = 0  # evaluate on the first N val images only (0 = all)
 
@@ -64,12 +66,14 @@ class ModelConfig:
     num_classes: int = 10
     fpn_channels: int = 32
     head_convs: int = 2
-    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [short side, max long side]
-    anchor_sizes: list[float] = field(default_factory=lambda: [12.0, 24.0, 48.0, 96.0, 160.0])
+    # [short side, max long side]; the embedded 64 px set is read at 128 (see configs/student.yaml)
+    image_size: list[int] = field(default_factory=lambda: [128, 128])
+    anchor_sizes: list[float] = field(default_factory=lambda: [24.0, 48.0, 96.0, 192.0, 320.0])
     scales_per_octave: int = 2
     aspect_ratios: list[float] = field(default_factory=lambda: [1.0, 1.5])  # height / width
     weights_backbone: Optional[str] = None  # None, "imagenet" (download) or a file
     norm: str = "bn"  # "bn" (trainable, from scratch) or "frozen_bn" (pretrained)
+    head_norm: str = "gn"  # RetinaNet head: "gn" or "none" (see rmkd.models.build_detector)
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -96,6 +100,34 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """``rmkd distill``: which KD terms, their weights and options (see rmkd.distill)."""
+
+    teacher: str = ""  # teacher checkpoint (last.pt); --teacher sets it
+    # weights of the terms; 0 = off. Names are the study's method names.
+    rm: float = 4.0
+    pfi: float = 1.5
+    soft_label: float = 0.0
+    fi_full: float = 0.0
+    fi_positive: float = 0.0
+    fi_negative: float = 0.0
+    fi_gt: float = 0.0
+    fgfi: float = 0.0
+    # options
+    rm_score: str = "cls"  # "cls", "iou" or "cls+iou"
+    rm_space: str = "prob"  # "prob" (sigmoid probabilities, as the paper) or "logit"
+    rm_temperature: float = 1.0
+    pfi_detach: bool = False
+    soft_label_temperature: float = 1.0
+    fgfi_psi: float = 0.5
+
+    def weights(self) -> dict[str, float]:
+        from .distill import TERMS
+
+        return {term: getattr(self, term) for term in TERMS if getattr(self, term)}
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 32
 
@@ -107,13 +139,21 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def digest(self, *sections: str) -> str:
-        """Short hash of the named sections (all when none): a cache key."""
+        """Short hash of the named sections (all when none): a cache key.
+
+        Keys that do not change the trained weights (logging, checkpoint and
+        evaluation periods, device) are left out, so they never split a cache.
+        """
         d = self.to_dict()
+        for key in ("checkpoint_every", "log_every", "eval_every", "device"):
+            d["train"].pop(key)
+        d["data"].pop("val_limit")
         if sections:
             d = {s: d[s] for s in sections}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
@@ -236,8 +276,11 @@ _CHOICES = {
     "model.family": ("retinanet", "fcos"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.norm": ("bn", "frozen_bn"),
+    "model.head_norm": ("gn", "none"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "step", "constant"),
+    "distill.rm_score": ("cls", "iou", "cls+iou"),
+    "distill.rm_space": ("prob", "logit"),
 }
 
 
@@ -269,6 +312,9 @@ def validate(cfg: Config) -> None:
     ):
         if value < low:
             raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+    for key in ("rm_temperature", "soft_label_temperature"):
+        if not getattr(cfg.distill, key) > 0:
+            raise ConfigError(f"config key 'distill.{key}' must be > 0, got {getattr(cfg.distill, key)}")
     if not cfg.train.lr > 0:
         raise ConfigError(f"config key 'train.lr' must be > 0, got {cfg.train.lr}")
 

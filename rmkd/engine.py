@@ -142,11 +142,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = Tr
     detections as COCO result dicts (category ids of the data set).
     """
     dataset = loader.dataset
+    dataset = getattr(dataset, "dataset", dataset)  # a Subset evaluates against its base set's COCO
     predictions = predict(model, loader, device, progress, amp)
     image_ids = [image_id for image_id, _ in predictions]
     detections = detections_to_coco(image_ids, [out for _, out in predictions], dataset.label_to_cat_id)
     coco = dataset.coco
-    if len(image_ids) < len(dataset.ids):
+    if len(set(image_ids)) < len(dataset.ids):
         coco = _subset_coco(coco, image_ids)
     return coco_map(coco, detections), detections
 

@@ -72,6 +72,8 @@ def data_splits(cfg: Config, progress: bool = True) -> dict:
             max_digits=s.max_digits,
             min_digit_size=s.min_digit_size,
             max_digit_size=s.max_digit_size,
+            contrast=tuple(s.contrast),
+            noise_fraction=s.noise_fraction,
             seed=s.seed,
             progress=progress,
         )
@@ -120,6 +122,7 @@ def build_model(cfg: Config) -> nn.Module:
         aspect_ratios=m.aspect_ratios,
         weights_backbone=m.weights_backbone,
         norm=m.norm,
+        head_norm=m.head_norm,
         score_thresh=m.score_thresh,
         nms_thresh=m.nms_thresh,
         detections_per_img=m.detections_per_img,
@@ -216,7 +219,6 @@ def train(
         objective_extra(objective, state.get("objective", {}))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
         start = int(state["step"])
         print(f"resuming {out_dir} from step {start}", file=sys.stderr)
     elif not resume and os.path.exists(ckpt_path):
@@ -225,10 +227,13 @@ def train(
 
     log = MetricsLog(out_dir)
     step_times: list[float] = []
+    clock = {"step": start, "train_seconds": 0.0}  # training time without evaluation, for learning curves
 
     def log_train(step: int, record: dict) -> None:
         step_times.append(record["sec_per_step"])
-        log(step, record)
+        clock["train_seconds"] += record["sec_per_step"] * (step - clock["step"])
+        clock["step"] = step
+        log(step, {**record, "train_seconds": round(clock["train_seconds"], 2)})
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
@@ -249,10 +254,14 @@ def train(
 
     def evaluate(step: int) -> dict:
         metrics, detections = engine.evaluate(model, val_loader, device, progress, cfg.train.amp)
-        log(step, metrics, prefix="eval")
+        log(step, {**metrics, "train_seconds": round(clock["train_seconds"], 2)}, prefix="eval")
         return metrics, detections
 
     batches = iter(train_loader(train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.max_steps, cfg.data.workers))
+    if start:
+        # Restore the RNG only now: creating the loader's iterator draws from it, and the
+        # checkpointed state is the one that followed that draw in the original run.
+        torch.set_rng_state(state["rng"]["torch"])
     every = [(cfg.train.checkpoint_every, checkpoint)]
     if cfg.train.eval_every:
         every.append((cfg.train.eval_every, evaluate))
@@ -293,6 +302,31 @@ def train(
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
     return metrics
+
+
+def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
+    """``rmkd distill``: train the configured student against the frozen teacher ``cfg.distill.teacher``."""
+    from .distill import Distiller
+
+    if not cfg.distill.teacher:
+        raise ConfigError("no teacher checkpoint: pass --teacher CKPT (or set distill.teacher)")
+    teacher, _ = load_model(cfg.distill.teacher)
+    d = cfg.distill
+
+    def make_objective(model: nn.Module, device: torch.device) -> nn.Module:
+        return Distiller(
+            teacher.to(device),
+            model,
+            d.weights(),
+            rm_score=d.rm_score,
+            rm_space=d.rm_space,
+            rm_temperature=d.rm_temperature,
+            pfi_detach=d.pfi_detach,
+            soft_label_temperature=d.soft_label_temperature,
+            fgfi_psi=d.fgfi_psi,
+        )
+
+    return train(cfg, out_dir, resume=resume, progress=progress, make_objective=make_objective, kind="distill")
 
 
 def objective_extra(objective: nn.Module, state: dict | None = None) -> dict:

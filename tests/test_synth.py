@@ -36,7 +36,7 @@ def test_layout_and_return_value(small):
         assert small[split]["annotations"] == os.path.join(root, "annotations", f"{split}.json")
         assert sorted(os.listdir(small[split]["images"])) == [f"{i:06d}.png" for i in range(n)]
     meta = json.loads(_read(os.path.join(root, "meta.json")))
-    assert meta["num_train"] == 20 and meta["seed"] == 0 and meta["contrast"] == [0.35, 0.8]
+    assert meta["num_train"] == 20 and meta["seed"] == 0 and meta["contrast"] == [0.6, 1.0]
 
 
 def test_determinism(small, tmp_path):

@@ -172,7 +172,7 @@ def _make_split(name, n, rng, glyphs, labels, pool, photos, out_dir, p, bar):
 
 def make_synthetic(out_dir="data/digits", *, num_train=4000, num_val=500, image_size=64,
                    min_digits=1, max_digits=4, min_digit_size=12, max_digit_size=40,
-                   seed=0, noise_fraction=0.25, contrast=(0.35, 0.8), progress=True,
+                   seed=0, noise_fraction=0.25, contrast=(0.6, 1.0), progress=True,
                    overwrite=False) -> dict:
     """Generate (or reuse) the digits-on-photos COCO data set in ``out_dir``.
 

@@ -42,6 +42,7 @@ BACKBONES = {
     "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
 }
 NORMS = ("bn", "frozen_bn")
+HEAD_NORMS = ("gn", "none")
 # COCO defaults: one anchor size per level P3..P7 (torchvision's RetinaNet).
 COCO_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 
@@ -125,6 +126,7 @@ def build_detector(
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     weights_backbone=None,
     norm: str = "bn",
+    head_norm: str = "gn",
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
@@ -143,6 +145,10 @@ def build_detector(
             the stride as its point size and ignores this).
         weights_backbone: ``None``, ``"imagenet"`` (download) or a path to a state_dict.
         norm: backbone normalisation, ``"bn"`` (trainable) or ``"frozen_bn"``.
+        head_norm: RetinaNet head normalisation, ``"gn"`` (GroupNorm, as RetinaNet v2 and
+            FCOS) or ``"none"`` (plain conv + ReLU, as RetinaNet v1). On tiny maps GroupNorm
+            normalises over very few values (a 1x1 level: one per channel group), which
+            erases what the head sees there; ``"none"`` avoids that.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown detector family {family!r}: choose one of {FAMILIES}")
@@ -165,8 +171,12 @@ def build_detector(
     if family == "retinanet":
         anchors = build_anchor_generator(anchor_sizes or COCO_ANCHOR_SIZES, scales_per_octave, aspect_ratios)
         num_anchors = anchors.num_anchors_per_location()[0]
-        head = RetinaNetHead(fpn_channels, num_anchors, num_classes + 1, norm_layer=_group_norm)
-        # torchvision's heads always have 4 convs; a smaller student keeps the first few.
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"unknown head_norm {head_norm!r}: choose one of {HEAD_NORMS}")
+        norm_layer = _group_norm if head_norm == "gn" else None
+        head = RetinaNetHead(fpn_channels, num_anchors, num_classes + 1, norm_layer=norm_layer)
+        # torchvision's heads always have 4 convs (Conv2dNormActivation blocks, with or
+        # without a norm); a smaller student keeps the first few.
         head.classification_head.conv = head.classification_head.conv[:head_convs]
         head.regression_head.conv = head.regression_head.conv[:head_convs]
         model = RetinaNet(body, num_classes + 1, anchor_generator=anchors, head=head, **common)

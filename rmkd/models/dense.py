@@ -165,11 +165,17 @@ def dense_forward(model: nn.Module, images: list[Tensor], targets: list[dict] | 
 def postprocess(model: nn.Module, dense: DenseOutputs) -> list[dict[str, Tensor]]:
     """Detections from a dense forward, in the original image pixels.
 
-    Returns per image ``{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D] in 1..K}``,
-    exactly what ``model.eval()(images)`` returns (torchvision's own decoding and NMS).
+    Returns per image ``{"boxes": [D, 4] xyxy, "scores": [D], "labels": [D] in 1..K}``
+    from torchvision's own decoding, score threshold, top-k and NMS, i.e. what
+    ``model.eval()(images)`` returns, except that the unused background slot 0
+    is masked out, so no detection is ever labelled 0 (an untrained head could).
     """
     split = dense.anchors_per_level
-    split_head = {k: list(v.split(split, dim=1)) for k, v in dense.head_outputs.items()}
+    head = dict(dense.head_outputs)
+    logits = head["cls_logits"].clone()
+    logits[..., 0] = -torch.inf  # sigmoid -> 0, never above the score threshold
+    head["cls_logits"] = logits
+    split_head = {k: list(v.split(split, dim=1)) for k, v in head.items()}
     split_anchors = [list(a.split(split)) for a in dense.anchors]
     detections = model.postprocess_detections(split_head, split_anchors, dense.image_sizes)
     return model.transform.postprocess(detections, dense.image_sizes, dense.original_sizes)

@@ -1,0 +1,69 @@
+"""Cost of a distillation step (RM + PFI) over its floor, at the demo configuration.
+
+    python benchmarks/distill_step.py [--repeat 15] [--terms rm pfi]
+
+floor   = teacher forward without grad + student forward/backward/step
+distill = the same through rmkd.distill.Distiller with the KD terms on
+Both are timed interleaved on the same batch; the ratio of medians is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import digits_batch, interleaved, machine  # noqa: E402
+
+from rmkd.config import load_config  # noqa: E402
+from rmkd.distill import Distiller  # noqa: E402
+from rmkd.models import dense_forward  # noqa: E402
+from rmkd.run import build_model, build_optimizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--terms", nargs="+", default=["rm", "pfi"])
+    args = parser.parse_args()
+    t_cfg = load_config(ROOT / "configs" / "teacher.yaml")
+    s_cfg = load_config(ROOT / "configs" / "student.yaml")
+    torch.manual_seed(0)
+    teacher = build_model(t_cfg).eval().requires_grad_(False)
+    student = build_model(s_cfg).train()
+    images, targets = digits_batch(s_cfg.train.batch_size)
+    distiller = Distiller(teacher, student, {t: 1.0 for t in args.terms}).train()
+    opt_kd = build_optimizer([p for p in distiller.parameters() if p.requires_grad], s_cfg)
+    opt_floor = build_optimizer([p for p in student.parameters() if p.requires_grad], s_cfg)
+
+    def floor():
+        with torch.no_grad():
+            dense_forward(teacher, images)
+        losses = dense_forward(student, images, targets).losses
+        opt_floor.zero_grad()
+        sum(losses.values()).backward()
+        opt_floor.step()
+
+    def distill():
+        losses = distiller(images, targets)
+        opt_kd.zero_grad()
+        sum(losses.values()).backward()
+        opt_kd.step()
+
+    times = interleaved({"floor": floor, "distill": distill}, args.repeat)
+    ratio = times["distill"] / times["floor"]
+    print(f"# distillation step ({'+'.join(args.terms)}) vs floor, batch {s_cfg.train.batch_size} of 64 px; {machine()}")
+    print("| step | s (median) |")
+    print("|---|---|")
+    print(f"| floor: teacher fwd (no grad) + student fwd/bwd/step | {times['floor']:.4f} |")
+    print(f"| Distiller {'+'.join(args.terms)} | {times['distill']:.4f} |")
+    print(f"overhead: {100 * (ratio - 1):+.1f}% (ratio {ratio:.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""rmkd.config: YAML + --set onto dataclasses, with clear errors."""
+
+import pytest
+
+from rmkd.config import Config, ConfigError, load_config, parse_overrides
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 4\nmodel:\n  backbone: resnet34\ntrain:\n  lr: 1\n  max_steps: 50\n")
+    cfg = load_config(path, ["train.max_steps=7", "model.aspect_ratios=[0.5, 2]", "data.val.images=/x y"])
+    assert cfg.seed == 4 and cfg.model.backbone == "resnet34"
+    assert cfg.train.max_steps == 7  # --set wins over the file
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted where a float is expected
+    assert cfg.model.aspect_ratios == [0.5, 2.0]
+    assert cfg.data.val.images == "/x y"
+    assert cfg.model.fpn_channels == Config().model.fpn_channels  # untouched default
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  max_step: 5\n")
+    with pytest.raises(ConfigError, match=r"train\.max_step\b.*bad\.yaml|bad\.yaml.*train\.max_step\b"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="modle"):
+        load_config(None, ["modle.backbone=resnet18"])
+
+
+@pytest.mark.parametrize(
+    "pair, fragment",
+    [
+        ("train.max_steps=abc", "integer"),
+        ("train.lr=fast", "number"),
+        ("train.amp=maybe", "true or false"),
+        ("model.backbone=resnet9", "resnet18"),
+        ("train.max_steps=0", ">= 1"),
+        ("seed", "KEY=VALUE"),
+        ("train=3", "mapping"),
+    ],
+)
+def test_bad_values(pair, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, [pair])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*YAML"):
+        load_config(broken)
+    code = tmp_path / "code.yaml"
+    code.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError):  # safe_load refuses python tags: nothing runs
+        load_config(code)
+
+
+def test_coco_source_needs_paths():
+    with pytest.raises(ConfigError, match="data.train.images"):
+        load_config(None, ["data.source=coco"])
+    cfg = load_config(None, ["data.source=coco", "data.train.images=a", "data.train.annotations=b",
+                             "data.val.images=c", "data.val.annotations=d"])
+    assert cfg.data.train.annotations == "b"
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+
+
+def test_digest_ignores_logging_but_not_training():
+    base = load_config()
+    assert load_config(None, ["train.log_every=3", "train.eval_every=9"]).digest() == base.digest()
+    assert load_config(None, ["train.lr=0.1"]).digest() != base.digest()
+    assert load_config(None, ["seed=1"]).digest("seed", "model") != base.digest("seed", "model")

@@ -1,0 +1,159 @@
+"""rmkd.models: torchvision detectors and the one dense forward."""
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from rmkd.models import build_detector, dense_forward, postprocess
+from rmkd.models.build import detector_num_classes
+
+K = 5
+SMALL = dict(fpn_channels=32, head_convs=2, image_size=64)
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 64, 48, generator=g), torch.rand(3, 64, 64, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [20.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1, K])},
+        {"boxes": torch.tensor([[10.0, 10.0, 22.0, 30.0]]), "labels": torch.tensor([3])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # an image without objects
+    ]
+    return images, targets
+
+
+def _model(family, **kw):
+    torch.manual_seed(0)
+    anchors = dict(anchor_sizes=(12, 24, 48, 96, 160), scales_per_octave=2, aspect_ratios=(1.0, 1.5))
+    return build_detector(family, "resnet18", K, **{**SMALL, **(anchors if family == "retinanet" else {}), **kw})
+
+
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_dense_losses_equal_torchvision_forward(family):
+    model = _model(family).train()
+    images, targets = _batch()
+    dense = dense_forward(model, images, targets)
+    reference = model(images, targets)
+    assert set(dense.losses) == set(reference)
+    for name, value in reference.items():
+        torch.testing.assert_close(dense.losses[name], value, rtol=1e-6, atol=1e-7)
+    # the losses carry gradient to the detector
+    sum(dense.losses.values()).backward()
+    assert model.head.classification_head.cls_logits.weight.grad.abs().sum() > 0
+
+
+def test_retinanet_assignment_is_its_matcher():
+    model = _model("retinanet").train()
+    images, targets = _batch()
+    dense = dense_forward(model, images, targets)
+    for b, target in enumerate(dense.targets):
+        if target["boxes"].numel():
+            expected = model.proposal_matcher(box_iou(target["boxes"], dense.anchors[b]))
+        else:
+            expected = torch.full((dense.anchors[b].shape[0],), -1, dtype=torch.int64)
+        assert torch.equal(dense.assignment[b], expected)
+    values = torch.cat(dense.assignment)
+    assert (values >= 0).any() and (values == -1).any() and (values == -2).any()
+    assert (dense.assignment[2] == -1).all()  # no objects: all background
+
+
+def test_fcos_assignment_marks_points_inside_their_box():
+    model = _model("fcos").train()
+    images, targets = _batch()
+    dense = dense_forward(model, images, targets)
+    for b, target in enumerate(dense.targets):
+        pos = dense.assignment[b] >= 0
+        if not target["boxes"].numel():
+            assert not pos.any()
+            continue
+        assert pos.any()
+        centers = (dense.anchors[b][pos, :2] + dense.anchors[b][pos, 2:]) / 2
+        boxes = target["boxes"][dense.assignment[b][pos]]
+        assert ((centers > boxes[:, :2]) & (centers < boxes[:, 2:])).all()
+
+
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_dense_shapes_and_layout(family):
+    model = _model(family).eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        dense = dense_forward(model, images)
+    A = dense.num_anchors
+    assert dense.num_classes == K and dense.assignment is None and dense.losses == {}
+    assert A == (4 if family == "retinanet" else 1)
+    n_total = 0
+    for level, (feat, cls, reg) in enumerate(zip(dense.features, dense.cls_logits, dense.bbox_regression)):
+        B, C, H, W = feat.shape
+        assert (B, C) == (3, 32)
+        assert cls.shape == (B, A * K, H, W)
+        assert reg.shape == (B, A * 4, H, W)
+        # the map entry [b, a*K + k, y, x] is flat entry (y*W + x)*A + a, class slot k+1
+        flat = dense.head_outputs["cls_logits"]
+        b, a, k, y, x = 1, A - 1, K - 1, H - 1, 0
+        assert cls[b, a * K + k, y, x] == flat[b, n_total + (y * W + x) * A + a, k + 1]
+        n_total += H * W * A
+    assert sum(dense.anchors_per_level) == n_total == dense.anchors[0].shape[0]
+    assert [f.shape[-1] for f in dense.features] == [8, 4, 2, 1, 1]  # P3..P7 of a 64 px batch
+    if family == "fcos":
+        assert [c.shape[1] for c in dense.centerness] == [1] * 5
+    else:
+        assert dense.centerness is None
+
+
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_postprocess_equals_torchvision_eval(family):
+    model = _model(family, score_thresh=0.0).eval()
+    images, _ = _batch(1)
+    with torch.no_grad():
+        # an untrained head may score the unused background slot 0: we never report it
+        ours = postprocess(model, dense_forward(model, images))
+        assert all(len(o["labels"]) and o["labels"].min() >= 1 and o["labels"].max() <= K for o in ours)
+        # where slot 0 is off (as training makes it), our detections are torchvision's exactly
+        model.head.classification_head.cls_logits.bias[0::K + 1] = -100.0
+        ours = postprocess(model, dense_forward(model, images))
+        reference = model(images)
+    assert len(ours) == len(reference)
+    for a, b in zip(ours, reference):
+        assert a["boxes"].shape[0] > 0
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(a[key], b[key])
+
+
+def test_build_options_and_errors(tmp_path):
+    model = build_detector("retinanet", "resnet18", 7, fpn_channels=64, head_convs=3, image_size=(64, 96))
+    assert detector_num_classes(model) == 7
+    assert len(model.head.classification_head.conv) == 3 and len(model.head.regression_head.conv) == 3
+    assert model.transform.min_size == (64,) and model.transform.max_size == 96
+    assert model.backbone.out_channels == 64
+    # trainable BatchNorm in the backbone when training from scratch
+    assert isinstance(model.backbone.body.bn1, torch.nn.BatchNorm2d)
+    plain = build_detector("retinanet", "resnet18", 7, fpn_channels=32, head_convs=2, head_norm="none")
+    convs = [m for m in plain.head.classification_head.conv.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 and not any(isinstance(m, torch.nn.GroupNorm) for m in plain.head.modules())
+    with pytest.raises(ValueError, match="head_norm"):
+        build_detector("retinanet", "resnet18", 3, head_norm="bn")
+    with pytest.raises(ValueError, match="family"):
+        build_detector("yolo", "resnet18", 3)
+    with pytest.raises(ValueError, match="backbone"):
+        build_detector("retinanet", "vgg16", 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_detector("retinanet", "resnet18", 0)
+    with pytest.raises(ValueError, match="head_convs"):
+        build_detector("retinanet", "resnet18", 3, head_convs=5)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_detector("retinanet", "resnet18", 3, weights_backbone=str(tmp_path / "nowhere.pth"))
+
+
+def test_backbone_weights_from_local_file(tmp_path):
+    import torchvision
+
+    torch.manual_seed(5)
+    source = torchvision.models.resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save(source.state_dict(), path)
+    model = build_detector("retinanet", "resnet18", 3, fpn_channels=32, weights_backbone=str(path), norm="frozen_bn")
+    assert torch.equal(model.backbone.body.conv1.weight, source.conv1.weight)
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises((ValueError, RuntimeError)):
+        build_detector("retinanet", "resnet18", 3, weights_backbone=str(path))
