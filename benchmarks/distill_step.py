@@ -57,7 +57,7 @@ def main() -> None:
 
     times = interleaved({"floor": floor, "distill": distill}, args.repeat)
     ratio = times["distill"] / times["floor"]
-    print(f"# distillation step ({'+'.join(args.terms)}) vs floor, batch {s_cfg.train.batch_size} of 64 px; {machine()}")
+    print(f"# distillation step ({'+'.join(args.terms)}) vs floor, batch {s_cfg.train.batch_size} of 64 px images read at {s_cfg.model.image_size[0]} px; {machine()}")
     print("| step | s (median) |")
     print("|---|---|")
     print(f"| floor: teacher fwd (no grad) + student fwd/bwd/step | {times['floor']:.4f} |")

@@ -48,7 +48,7 @@ def main() -> None:
     images, targets = digits_batch(cfgs["student"].train.batch_size)
     fns = {name: step_fn(cfg, images, targets) for name, cfg in cfgs.items()}
     times = interleaved(fns, args.repeat)
-    print(f"# train step, batch {cfgs['student'].train.batch_size} of 64 px, {machine()}")
+    print(f"# train step, batch {cfgs['student'].train.batch_size} of 64 px images read at {cfgs['student'].model.image_size[0]} px, {machine()}")
     print("| model | s/step (median) | steps in 5 min | steps in 15 min |")
     print("|---|---|---|---|")
     for name, t in times.items():

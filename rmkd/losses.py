@@ -135,7 +135,8 @@ def soft_label_kd(t_cls_logits: Tensor, s_cls_logits: Tensor, temperature: float
     t = t_cls_logits.detach() / temperature
     s = s_cls_logits / temperature
     p_t = t.sigmoid()
-    # KL(Bern(p_t) || Bern(p_s)) = BCE(s; p_t) - BCE(t; p_t), both in the stable logits form
+    # KL(Bern(p_t) || Bern(p_s)) = BCE(s; p_t) - BCE(t; p_t), both in the stable logits form.
+    # (A folded logsigmoid form was 1.5x slower at COCO size: docs/RESULTS.md.)
     kl = F.binary_cross_entropy_with_logits(s, p_t, reduction="none") - F.binary_cross_entropy_with_logits(
         t, p_t, reduction="none"
     )
