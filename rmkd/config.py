@@ -54,7 +54,9 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
-    hflip: float = 0.5  # probability of a horizontal flip in training (the digits configs set 0)
+    # probability of a horizontal flip in training; 0 by default because the default data
+    # are digits (a mirrored digit is not a digit); 0.5 is usual for natural images
+    hflip: float = 0.0
     workers: int = 0  # DataLoader worker processes
     val_limit: int = 0  # evaluate on the first N val images only (0 = all)
 

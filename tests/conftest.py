@@ -15,6 +15,7 @@ TINY = [
     "train.log_every=1",
     "train.checkpoint_every=2",
     "eval.batch_size=8",
+    "data.hflip=0.5",  # random flips draw from the RNG: exact resume must restore it
 ]
 
 
