@@ -49,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
             "already there with the same parameters."
         ),
     )
-    synth.add_argument("--out", default="data/digits", help="output folder (default: data/digits)")
-    synth.add_argument("--num-train", type=int, default=4000, help="training images (default: 4000)")
-    synth.add_argument("--num-val", type=int, default=500, help="validation images (default: 500)")
-    synth.add_argument("--image-size", type=int, default=64, help="square image side in pixels (default: 64)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    from .config import SynthConfig
+
+    d = SynthConfig()  # the same defaults the configs use, so both make the same data set
+    synth.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
+    synth.add_argument("--num-train", type=int, default=d.num_train, help=f"training images (default: {d.num_train})")
+    synth.add_argument("--num-val", type=int, default=d.num_val, help=f"validation images (default: {d.num_val})")
+    synth.add_argument("--image-size", type=int, default=d.image_size, help=f"square image side in pixels (default: {d.image_size})")
+    synth.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     synth.add_argument("--overwrite", action="store_true", help="replace a data set made with other parameters")
     _add_common(synth)
     voc = data_sub.add_parser(
@@ -154,18 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args, progress: bool) -> int:
     if args.command == "data":
         if args.data_command == "synth":
-            from .data import make_synthetic
+            from .config import Config
+            from .run import data_splits
 
-            paths = make_synthetic(
-                args.out,
-                num_train=args.num_train,
-                num_val=args.num_val,
-                image_size=args.image_size,
-                seed=args.seed,
-                overwrite=args.overwrite,
-                progress=progress,
-            )
-            print(json.dumps(paths, indent=2))
+            cfg = Config()
+            s = cfg.data.synth
+            s.out, s.num_train, s.num_val = args.out, args.num_train, args.num_val
+            s.image_size, s.seed = args.image_size, args.seed
+            print(json.dumps(data_splits(cfg, progress, overwrite=args.overwrite), indent=2))
         else:
             from .data import voc_to_coco
 

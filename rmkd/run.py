@@ -59,7 +59,7 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def data_splits(cfg: Config, progress: bool = True) -> dict:
+def data_splits(cfg: Config, progress: bool = True, overwrite: bool = False) -> dict:
     """``{"train": SplitConfig-like dict, "val": ...}``; generates the embedded set if asked."""
     if cfg.data.source == "synth":
         s = cfg.data.synth
@@ -76,6 +76,7 @@ def data_splits(cfg: Config, progress: bool = True) -> dict:
             noise_fraction=s.noise_fraction,
             seed=s.seed,
             progress=progress,
+            overwrite=overwrite,
         )
         return {"train": paths["train"], "val": paths["val"]}
     return {
@@ -216,7 +217,8 @@ def train(
         if state.get("config", {}).get("model") != cfg.to_dict()["model"]:
             raise ConfigError(f"{ckpt_path} was trained with another model config; resume with the same config")
         model.load_state_dict(state["model"])
-        objective_extra(objective, state.get("objective", {}))
+        # adapters and other trainable state of the objective outside the detector
+        objective.load_state_dict({**objective.state_dict(), **state.get("objective", {})})
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
@@ -329,17 +331,9 @@ def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = Tr
     return train(cfg, out_dir, resume=resume, progress=progress, make_objective=make_objective, kind="distill")
 
 
-def objective_extra(objective: nn.Module, state: dict | None = None) -> dict:
-    """Trainable state of the objective outside the detector (e.g. KD adapters).
-
-    Without ``state``: return it (for the checkpoint). With: load it.
-    """
-    own = {k: v for k, v in objective.state_dict().items() if not k.startswith(("model.", "student.", "teacher."))}
-    if state is None:
-        return own
-    if own or state:
-        objective.load_state_dict({**objective.state_dict(), **state})
-    return own
+def objective_extra(objective: nn.Module) -> dict:
+    """State of the objective outside the detector (e.g. KD adapters), for the checkpoint."""
+    return {k: v for k, v in objective.state_dict().items() if not k.startswith(("model.", "student.", "teacher."))}
 
 
 def load_model(checkpoint: str, device: torch.device | str = "cpu", overrides: list[str] | None = None):

@@ -61,3 +61,18 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     # a second run reuses the cached teacher
     assert main(["demo", "--quick", "--no-progress"]) == 0
     assert "reusing trained model" in capsys.readouterr().out
+
+
+def test_data_synth_cli_makes_the_configs_data_set(tmp_path, capsys):
+    from rmkd.config import load_config
+    from rmkd.run import data_splits
+
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--num-train", "6", "--num-val", "3", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    meta = (out / "meta.json").read_bytes()
+    # the config path with the same values finds the same data set (cache hit, no rewrite)
+    cfg = load_config(None, ["data.synth.num_train=6", "data.synth.num_val=3"])
+    cfg.data.synth.out = str(out)
+    assert data_splits(cfg, progress=False) == printed
+    assert (out / "meta.json").read_bytes() == meta
