@@ -1,4 +1,4 @@
-"""The ``rmkd`` command line: ``rmkd {data,train,distill,eval,demo} --help``."""
+"""The ``rmkd`` command line: ``rmkd {data,train,distill,eval,analyze,reproduce,demo} --help``."""
 
 from __future__ import annotations
 
@@ -115,6 +115,55 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", metavar="DIR", help="where to write detections.json and metrics.json")
     _add_common(ev)
 
+    an = sub.add_parser(
+        "analyze",
+        help="rank agreement and the F_dif vs P_dif gap of teacher/student pairs",
+        description=(
+            "Measure the paper's two observations on the val split of the first student's config: per GT "
+            "instance, how teacher and student rank its candidate boxes (Kendall tau-b, Spearman, top-1 "
+            "agreement, IoU of each top-ranked box, which anchor each model's kept box came from); per image "
+            "and FPN level, how F_dif and P_dif relate (Pearson, Spearman, top-10%% overlap, mass inside GT "
+            "boxes). Writes instances/levels frames, PNG figures, summary.md and summary.json to --out. "
+            "Options via --set: analysis.score=cls|iou, analysis.adapter=fit|trained, data.val_limit=N."
+        ),
+    )
+    an.add_argument("--teacher", required=True, metavar="CKPT", help="teacher checkpoint (last.pt)")
+    an.add_argument(
+        "--student",
+        required=True,
+        action="append",
+        metavar="[NAME=]CKPT",
+        help="student checkpoint, optionally named (repeatable; the first is the reference for deltas)",
+    )
+    an.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help=SET_HELP)
+    an.add_argument("--out", required=True, metavar="DIR", help="where to write frames, figures and the summary")
+    an.add_argument("--details", type=int, default=4, metavar="N", help="images kept for the heat-map and box figures (default: 4)")
+    an.add_argument("--format", choices=("csv", "parquet"), default="csv", help="frame file format (default: csv)")
+    _add_common(an)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="the paper's ablations on the embedded benchmark over several seeds (resumable)",
+        description=(
+            "Train the teacher once (cached), then the student with each method over each seed on the same "
+            "step budget: baseline, soft_label, rm, rm_iou, rm_cls_iou, pfi, rm+pfi, fi_full, fi_positive, "
+            "fi_negative, fi_gt, fgfi. Finished runs are skipped and partial ones resumed, so rerunning the "
+            "command continues a killed study. Writes the CSV (detector, method, seed, AP, AP50, AP75, APs, "
+            "APm, APl, ...) and the paper-style tables beside it (.md) after every run. The full study is "
+            "about 36 runs of 3-6 minutes on a 2-core CPU; --quick is a pipeline check in minutes."
+        ),
+    )
+    rep.add_argument("--out", default="runs/reproduce", metavar="DIR", help="run folders (default: runs/reproduce)")
+    rep.add_argument("--csv", default=None, metavar="FILE", help="results CSV (default: docs/results/ablation.csv; with --quick DIR/ablation.csv)")
+    rep.add_argument("--methods", nargs="+", metavar="M", help="subset of methods (default: all)")
+    rep.add_argument("--seeds", nargs="+", type=int, metavar="S", help="student seeds (default: 0 1 2)")
+    rep.add_argument("--detectors", nargs="+", metavar="D", help="detectors (default: retinanet)")
+    rep.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="overrides for every student, e.g. train.max_steps=200 for a quicker look")
+    rep.add_argument("--teacher-set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="overrides for the teacher")
+    rep.add_argument("--cache", default="data/cache", metavar="DIR", help="where trained teachers are kept (default: data/cache)")
+    rep.add_argument("--quick", action="store_true", help="tiny data and budgets (numbers meaningless): checks the pipeline")
+    _add_common(rep)
+
     demo = sub.add_parser(
         "demo",
         help="the main job on the embedded data: teacher, student, table",
@@ -197,6 +246,35 @@ def _dispatch(args, progress: bool) -> int:
 
         metrics = evaluate_checkpoint(args.checkpoint, args.out, args.set, progress)
         print(json.dumps(metrics, indent=2))
+        return 0
+
+    if args.command == "analyze":
+        from .analysis.report import analyze, parse_students
+
+        analyze(args.teacher, parse_students(args.student), args.out, args.set, args.details, args.format, progress)
+        with open(os.path.join(args.out, "summary.md"), encoding="utf-8") as f:
+            print(f.read())
+        return 0
+
+    if args.command == "reproduce":
+        from .demo import QUICK
+        from .reproduce import STUDY_OVERRIDES, run_study
+
+        quick = QUICK if args.quick else []
+        csv = args.csv or (os.path.join(args.out, "ablation.csv") if args.quick else "docs/results/ablation.csv")
+        run_study(
+            out=args.out,
+            csv=csv,
+            methods=args.methods,
+            seeds=args.seeds,
+            detectors=args.detectors,
+            overrides=STUDY_OVERRIDES + quick + args.set,
+            teacher_overrides=quick + args.teacher_set,
+            cache=os.path.join(args.cache, "quick") if args.quick else args.cache,
+            progress=progress,
+        )
+        with open(os.path.splitext(csv)[0] + ".md", encoding="utf-8") as f:
+            print(f.read())
         return 0
 
     if args.command == "demo":

@@ -135,6 +135,17 @@ class EvalConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Training-time analysis (``rmkd.analysis.AnalysisHook``); off while ``every`` is 0."""
+
+    every: int = 0  # measure at step 0, every N steps and at the end
+    images: int = 64  # the first N validation images, the same ones every time
+    teacher: str = ""  # reference checkpoint for `rmkd train` (distill uses its own teacher)
+    score: str = "cls"  # rank score: cls (the paper's) or iou
+    adapter: str = "fit"  # F_dif channel map: fit (least squares) or trained (the Distiller's adapters)
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,6 +153,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,6 +168,8 @@ class Config:
         for key in ("checkpoint_every", "log_every", "eval_every", "device"):
             d["train"].pop(key)
         d["data"].pop("val_limit")
+        if "analysis" not in sections:
+            d.pop("analysis")  # measuring never changes the weights
         if sections:
             d = {s: d[s] for s in sections}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
@@ -283,6 +297,8 @@ _CHOICES = {
     "train.schedule": ("cosine", "step", "constant"),
     "distill.rm_score": ("cls", "iou", "cls+iou"),
     "distill.rm_space": ("prob", "logit"),
+    "analysis.score": ("cls", "iou"),
+    "analysis.adapter": ("fit", "trained"),
 }
 
 
@@ -311,6 +327,8 @@ def validate(cfg: Config) -> None:
         ("model.num_classes", cfg.model.num_classes, 1),
         ("train.warmup_steps", cfg.train.warmup_steps, 0),
         ("train.eval_every", cfg.train.eval_every, 0),
+        ("analysis.every", cfg.analysis.every, 0),
+        ("analysis.images", cfg.analysis.images, 1),
     ):
         if value < low:
             raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")

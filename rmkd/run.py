@@ -204,6 +204,8 @@ def train(
     ckpt_path = os.path.join(out_dir, "last.pt")
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed)
+    if cfg.analysis.every and make_objective is None and not cfg.analysis.teacher:
+        raise ConfigError("analysis.every is set but there is no teacher to compare with: set analysis.teacher=CKPT")
     train_set, val_set = build_datasets(cfg, progress)
     model = build_model(cfg).to(device)
     objective = (make_objective or (lambda m, d: engine.DetectionLoss(m)))(model, device).to(device)
@@ -255,7 +257,8 @@ def train(
     val_loader = eval_loader(val_subset(val_set, cfg.data.val_limit), cfg.eval.batch_size, cfg.data.workers)
 
     def evaluate(step: int) -> dict:
-        metrics, detections = engine.evaluate(model, val_loader, device, progress, cfg.train.amp)
+        with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws from the global RNG
+            metrics, detections = engine.evaluate(model, val_loader, device, progress, cfg.train.amp)
         log(step, {**metrics, "train_seconds": round(clock["train_seconds"], 2)}, prefix="eval")
         return metrics, detections
 
@@ -267,6 +270,11 @@ def train(
     every = [(cfg.train.checkpoint_every, checkpoint)]
     if cfg.train.eval_every:
         every.append((cfg.train.eval_every, evaluate))
+    hook = analysis_hook(cfg, objective, model, val_set, log, device)
+    if hook is not None:
+        every.append((cfg.analysis.every, hook))
+        if start == 0:
+            hook(0)
     tic = time.perf_counter()
     try:
         step = engine.train_loop(
@@ -290,6 +298,8 @@ def train(
         log.close()
     train_seconds = time.perf_counter() - tic
     checkpoint(step)
+    if hook is not None:
+        hook(step)
     metrics, detections = evaluate(step)
     summary = {
         "params": sum(p.numel() for p in model.parameters()),
@@ -304,6 +314,29 @@ def train(
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
     return metrics
+
+
+def analysis_hook(cfg: Config, objective: nn.Module, model: nn.Module, val_set, log, device):
+    """The training-time :class:`~rmkd.analysis.AnalysisHook` asked for by ``analysis.every`` (or None)."""
+    a = cfg.analysis
+    if not a.every:
+        return None
+    from .analysis.hooks import AnalysisHook
+
+    teacher = getattr(objective, "teacher", None)  # a Distiller brings its own
+    if teacher is None:
+        if not a.teacher:
+            raise ConfigError("analysis.every is set but there is no teacher to compare with: set analysis.teacher=CKPT")
+        teacher, _ = load_model(a.teacher, device)
+    adapter = "fit"
+    if a.adapter == "trained":
+        adapter = getattr(objective, "adapters", None)
+        if adapter is None:
+            raise ConfigError("analysis.adapter is 'trained' but this run trains no adapters (only rmkd distill does)")
+    return AnalysisHook(
+        teacher, model, val_set, log, images=a.images, batch_size=cfg.eval.batch_size, device=device,
+        score=a.score, adapter=adapter, amp=cfg.train.amp,
+    )  # fmt: skip
 
 
 def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:

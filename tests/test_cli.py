@@ -10,7 +10,7 @@ from rmkd.cli import main
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["data"], ["data", "synth"], ["data", "voc2coco"], ["train"], ["distill"], ["eval"], ["demo"]]
+    "argv", [[], ["data"], ["data", "synth"], ["data", "voc2coco"], ["train"], ["distill"], ["eval"], ["analyze"], ["demo"]]
 )
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -34,6 +34,9 @@ def test_help_mentions_the_contract(capsys):
         (["train", "--config", "missing.yaml", "--out", "x"], "missing.yaml"),
         (["train", "--set", "train.max_stepz=3", "--out", "x"], "train.max_stepz"),
         (["eval", "--checkpoint", "nothing.pt"], "nothing.pt"),
+        (["analyze", "--teacher", "t.pt", "--student", "s.pt", "--out", "a"], ".pt"),
+        (["train", "--set", "analysis.every=5", "train.max_steps=1", "--out", "x"], "analysis.teacher"),
+        (["train", "--set", "analysis.score=rank", "--out", "x"], "analysis.score"),
     ],
 )
 def test_user_errors_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
@@ -58,6 +61,11 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert summary["rows"][2]["model"].startswith("student (RM+PFI")
     assert (tmp_path / "runs" / "demo" / "student_rm_pfi" / "last.pt").is_file()
     assert (tmp_path / summary["teacher_dir"] / "last.pt").is_file()
+    # it ends with the analysis of both pairs, in numbers
+    assert "mean Kendall tau" in out and "Pearson r of F_dif and P_dif" in out and "rank agreement" in out
+    assert set(summary["analysis"]) == {"baseline", "RM+PFI"}
+    assert summary["analysis"]["baseline"]["instances"] > 0
+    assert (tmp_path / "runs" / "demo" / "analysis" / "instances.csv").is_file()
     # a second run reuses the cached teacher
     assert main(["demo", "--quick", "--no-progress"]) == 0
     assert "reusing trained model" in capsys.readouterr().out

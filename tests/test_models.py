@@ -40,6 +40,10 @@ def test_dense_losses_equal_torchvision_forward(family):
     # the losses carry gradient to the detector
     sum(dense.losses.values()).backward()
     assert model.head.classification_head.cls_logits.weight.grad.abs().sum() > 0
+    # losses=False: the same assignment, no loss computed
+    matching_only = dense_forward(model, images, targets, losses=False)
+    assert matching_only.losses == {}
+    assert all(torch.equal(a, b) for a, b in zip(matching_only.assignment, dense.assignment))
 
 
 def test_retinanet_assignment_is_its_matcher():
@@ -157,3 +161,33 @@ def test_backbone_weights_from_local_file(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, path)
     with pytest.raises((ValueError, RuntimeError)):
         build_detector("retinanet", "resnet18", 3, weights_backbone=str(path))
+
+
+def test_group_norm_accepts_single_value_groups():
+    from rmkd.models.build import GroupNorm
+
+    torch.manual_seed(0)
+    ours, ref = GroupNorm(32, 32), torch.nn.GroupNorm(32, 32)
+    for m in (ours, ref):
+        m.weight.data, m.bias.data = torch.linspace(0.5, 2, 32), torch.linspace(-1, 1, 32)
+    for shape in ((2, 32, 1, 1), (2, 32, 3, 5), (1, 32, 4, 4)):
+        x = torch.randn(shape)
+        assert torch.equal(ours(x), ref(x))  # whatever torch computes is torch's own code
+    # A batch of one single-value groups: exactly the bias (torch's value for the same
+    # image in a larger batch differs only by float32 rounding amplified by eps^-1/2).
+    x = torch.randn(2, 32, 1, 1)
+    torch.testing.assert_close(ours(x[:1]), ref(x)[:1], atol=2e-4, rtol=0)
+    assert torch.equal(ours(x[:1]), ours.bias.detach().view(1, -1, 1, 1).expand(1, 32, 1, 1))  # torch refuses this batch
+    with pytest.raises(ValueError):
+        ref(x[:1])
+
+
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_a_32_wide_head_runs_on_one_image(family):
+    torch.manual_seed(0)
+    model = build_detector(family, "resnet18", 3, fpn_channels=32, head_convs=2, image_size=128).eval()
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    with torch.no_grad():
+        pair = dense_forward(model, images)
+        one = dense_forward(model, images[:1])  # P7 is 1x1: one value per GroupNorm group
+    torch.testing.assert_close(one.head_outputs["cls_logits"][0], pair.head_outputs["cls_logits"][0], atol=1e-3, rtol=1e-4)

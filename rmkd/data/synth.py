@@ -235,8 +235,9 @@ def make_synthetic(out_dir="data/digits", *, num_train=4000, num_val=500, image_
         if old == p and not overwrite:
             return result  # cached
         if not overwrite:
-            raise ValueError(f"{out_dir} holds a data set made with other parameters; "
-                             "pass overwrite=True or choose another folder")
+            raise ValueError(f"{out_dir} holds a data set made with other parameters ({meta_path}); "
+                             "delete that folder, regenerate it (rmkd data synth --overwrite, or overwrite=True) "
+                             "or point data.synth.out elsewhere")
         for sub in ("train", "val", "annotations"):  # drop stale images of the old set
             shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
         os.remove(meta_path)

@@ -47,9 +47,28 @@ HEAD_NORMS = ("gn", "none")
 COCO_ANCHOR_SIZES = (32, 64, 128, 256, 512)
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that also takes groups holding a single value.
+
+    A group of one channel on a 1x1 map (a 32-wide head's P7 at 128 px) normalises
+    to exactly 0, so GroupNorm's output there is its bias; torch computes that for
+    a batch of 2 but refuses a batch of 1 ("Expected more than 1 value per
+    channel"), which broke single-image inference. Only that case takes the
+    short path, so everything torch computes (training included) stays
+    bit-identical. Same parameters and state dict as ``nn.GroupNorm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] * (x.shape[1] // self.num_groups) * x[0, 0].numel() == 1:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            out = x * 0  # keeps dtype, device and the graph
+            return out + self.bias.view(shape) if self.affine else out
+        return super().forward(x)
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with 32 groups, or fewer for narrow layers (each group >= 1 channel)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    return GroupNorm(math.gcd(32, channels), channels)
 
 
 def _load_backbone_weights(name: str, weights) -> dict | None:
@@ -188,6 +207,9 @@ def build_detector(
         anchors = AnchorGenerator(tuple((2**level,) for level in range(3, 8)), ((1.0,),) * 5)
         head = FCOSHead(fpn_channels, 1, num_classes + 1, num_convs=head_convs)
         model = FCOS(body, num_classes + 1, anchor_generator=anchors, head=head, **common)
+    for m in model.modules():
+        if type(m) is nn.GroupNorm:  # FCOSHead builds its own: same fix, same parameters
+            m.__class__ = GroupNorm
     model.rmkd_family = family
     model.rmkd_num_classes = num_classes
     return model

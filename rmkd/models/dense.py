@@ -98,19 +98,20 @@ class DenseOutputs:
         return self._to_maps(self.head_outputs["bbox_ctrness"], 1)
 
 
-def _losses_and_assignment(model, targets, head_outputs, anchors, anchors_per_level):
+def _losses_and_assignment(model, targets, head_outputs, anchors, anchors_per_level, losses=True):
     """Run the detector's own ``compute_loss`` and keep the matched indices it made.
 
     Both families match inside ``compute_loss`` and hand ``matched_idxs`` to
     ``head.compute_loss``. We record that argument instead of re-implementing
     either matching rule, so the assignment is the detector's, by construction.
+    With ``losses=False`` the head's loss is skipped (analysis needs the matching only).
     """
     recorded: list[list[Tensor]] = []
     head_loss = model.head.compute_loss
 
     def recording_head_loss(targets_, head_outputs_, anchors_, matched_idxs):
         recorded.append(matched_idxs)
-        return head_loss(targets_, head_outputs_, anchors_, matched_idxs)
+        return head_loss(targets_, head_outputs_, anchors_, matched_idxs) if losses else {}
 
     model.head.compute_loss = recording_head_loss  # instance attribute shadows the method
     try:
@@ -124,7 +125,9 @@ def _losses_and_assignment(model, targets, head_outputs, anchors, anchors_per_le
     return losses, recorded[0]
 
 
-def dense_forward(model: nn.Module, images: list[Tensor], targets: list[dict] | None = None) -> DenseOutputs:
+def dense_forward(
+    model: nn.Module, images: list[Tensor], targets: list[dict] | None = None, losses: bool = True
+) -> DenseOutputs:
     """One forward of a torchvision RetinaNet/FCOS, keeping the dense outputs.
 
     Args:
@@ -135,6 +138,8 @@ def dense_forward(model: nn.Module, images: list[Tensor], targets: list[dict] | 
             ``labels [M_i]`` int64 in 1..K. With targets, the assignment and the
             detector's losses are computed (the same values ``model(images, targets)``
             returns in train mode).
+        losses: with targets, also compute the detector's losses (False: the
+            assignment only, e.g. for analysis; ``out.losses`` stays empty).
     """
     family = detector_family(model)
     original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -157,7 +162,7 @@ def dense_forward(model: nn.Module, images: list[Tensor], targets: list[dict] | 
     )
     if targets_t is not None:
         out.losses, out.assignment = _losses_and_assignment(
-            model, targets_t, head_outputs, anchors, out.anchors_per_level
+            model, targets_t, head_outputs, anchors, out.anchors_per_level, losses
         )
     return out
 

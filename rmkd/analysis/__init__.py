@@ -1,0 +1,27 @@
+"""The paper's two observations as data: rank agreement and the F_dif vs P_dif gap.
+
+- :func:`rank_agreement`: per-instance Kendall tau-b / Spearman / top-1 agreement.
+- :func:`gap_statistics`: per-image correlation and hot-spot overlap of F_dif and P_dif.
+- :func:`collect`: both, over a data set, for a teacher/student pair, in one pass.
+- :func:`kept_detections`: NMS survivors with the anchor each came from.
+- :class:`AnalysisHook`: the same statistics every N training steps.
+"""
+
+from .collect import Collection, ImageDetail, collect, inspect_image, size_class, summarize
+from .gap import fit_adapter, gap_maps, gap_statistics
+from .kept import kept_detections
+from .rank import rank_agreement
+
+__all__ = [
+    "Collection",
+    "ImageDetail",
+    "collect",
+    "fit_adapter",
+    "gap_maps",
+    "gap_statistics",
+    "inspect_image",
+    "kept_detections",
+    "rank_agreement",
+    "size_class",
+    "summarize",
+]

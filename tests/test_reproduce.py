@@ -1,0 +1,75 @@
+"""rmkd reproduce: method configs, the tables' arithmetic, and a resumable study on tiny data."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from rmkd.config import ConfigError, load_config
+from rmkd.distill import TERMS
+from rmkd.reproduce import METHODS, ablation_tables, method_config, run_study, summary_frame
+
+
+def test_method_configs_turn_on_exactly_their_terms():
+    s_cfg = load_config(None)
+    weights = {t: 0.25 for t in ("soft_label", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi")}
+    for method, spec in METHODS.items():
+        cfg = method_config(s_cfg, method, 7, "t.pt", weights)
+        assert cfg.seed == 7
+        if spec is None:
+            assert cfg.distill.teacher == "" and method == "baseline"
+            continue
+        on = {t: w for t, w in cfg.distill.weights().items()}
+        expected = {k: (0.25 if v == "calibrated" else v) for k, v in spec.items() if k in TERMS}
+        assert on == expected, method
+        assert cfg.distill.teacher == "t.pt"
+    assert method_config(s_cfg, "rm_iou", 0, "t", weights).distill.rm_score == "iou"
+    assert method_config(s_cfg, "rm_cls_iou", 0, "t", weights).distill.rm_score == "cls+iou"
+    assert s_cfg.distill.rm == 4.0 and s_cfg.seed == 0  # the base config is not modified
+    with pytest.raises(ConfigError, match="unknown method"):
+        method_config(s_cfg, "rmx", 0, "t", weights)
+
+
+def test_summary_means_stds_and_gap_closed():
+    rows = [("teacher", 0, 50.0)] + [("baseline", s, ap) for s, ap in enumerate((20.0, 22.0, 24.0))]
+    rows += [("pfi", s, ap) for s, ap in enumerate((30.0, 31.0, 35.0))]
+    frame = pd.DataFrame(
+        [{"detector": "retinanet", "method": m, "seed": s, "AP": ap, "AP50": ap + 10, "AP75": ap, "APs": ap, "APm": ap, "APl": math.nan, "weights": ""} for m, s, ap in rows]
+    )
+    summary = summary_frame(frame).set_index("method")
+    assert summary.loc["pfi", "AP_mean"] == pytest.approx(32.0)
+    assert summary.loc["pfi", "AP_std"] == pytest.approx(pd.Series([30.0, 31.0, 35.0]).std())
+    assert summary.loc["pfi", "gap_closed"] == pytest.approx((32.0 - 22.0) / (50.0 - 22.0))
+    assert summary.loc["baseline", "seeds"] == 3
+    text = ablation_tables(frame)
+    assert "| pfi |" in text and "32.0 ± 2.6" in text and "+10.0" in text and "36%" in text
+
+
+def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
+    out, csv = tmp_path / "study", tmp_path / "results" / "ablation.csv"
+    small = tiny_overrides + ["train.max_steps=2", "train.eval_every=0"]
+    kw = dict(out=str(out), csv=str(csv), methods=["baseline", "fi_gt"], seeds=[0, 1], overrides=small,
+              teacher_overrides=small, cache=str(tmp_path / "cache"), progress=False)  # fmt: skip
+    frame = run_study(**kw)
+    assert list(frame.method) == ["teacher"] + ["baseline"] * 2 + ["fi_gt"] * 2
+    saved = pd.read_csv(csv)
+    assert {"detector", "method", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(saved.columns)
+    assert len(saved) == 5 and csv.with_suffix(".md").read_text().count("| fi_gt |") == 1
+    weights = saved[saved.method == "fi_gt"].weights.iloc[0]
+    assert weights.startswith("fi_gt=") and (out / "retinanet" / "calibration.json").is_file()
+    from rmkd.checkpoint import load_checkpoint
+
+    w0, w1 = (load_checkpoint(out / "retinanet" / "baseline" / f"seed{k}" / "last.pt")["model"] for k in (0, 1))
+    assert any(not (w0[k] == w1[k]).all() for k in w0 if w0[k].is_floating_point())  # seeds give different students
+    ckpt = out / "retinanet" / "baseline" / "seed1" / "last.pt"
+    before = ckpt.stat().st_mtime_ns
+    # a study killed during a run: that run's final metrics are missing; rerunning finishes it only
+    (out / "retinanet" / "fi_gt" / "seed1" / "metrics.json").unlink()
+    capsys.readouterr()
+    again = run_study(**kw)
+    printed = capsys.readouterr().out
+    assert printed.count(": done") == 3 and printed.count(": running") == 1
+    assert ckpt.stat().st_mtime_ns == before  # finished runs are not retrained
+    pd.testing.assert_frame_equal(
+        again.drop(columns="train_seconds"), frame.drop(columns="train_seconds"), check_exact=False, atol=1e-9
+    )
