@@ -148,14 +148,21 @@ def run_study(
         if any(v == "calibrated" for m in methods for v in (METHODS[m] or {}).values()):
             weights = _calibration(teacher, s_cfg, os.path.join(out, det, "calibration.json"))
         todo = [(m, s) for m in methods for s in seeds]
+        runs = {}  # (method, seed) -> (config, folder)
+        for method, seed in todo:
+            runs[method, seed] = (method_config(s_cfg, method, seed, teacher, weights), os.path.join(out, det, method, f"seed{seed}"))
+        # Every finished run is in the CSV from the start, so it is complete whenever the study stops.
+        done = {k: finished_metrics(d, c.train.max_steps) for k, (c, d) in runs.items()}
+        results = {k: _row(det, *k, m, runs[k][0]) for k, m in done.items() if m is not None}
+        write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
         for i, (method, seed) in enumerate(todo, 1):
-            cfg = method_config(s_cfg, method, seed, teacher, weights)
-            run_dir = os.path.join(out, det, method, f"seed{seed}")
-            state = "done" if finished_metrics(run_dir, cfg.train.max_steps) else "running"
+            cfg, run_dir = runs[method, seed]
+            state = "done" if (method, seed) in results else "running"
             print(f"[{det} {i}/{len(todo)}] {method} seed {seed}: {state} ({run_dir})")
-            metrics = run_one(cfg, run_dir, METHODS[method] is not None, progress)
-            rows.append(_row(det, method, seed, metrics, cfg))
-            write_results(pd.DataFrame(rows), csv)
+            if state == "running":
+                results[method, seed] = _row(det, method, seed, run_one(cfg, run_dir, METHODS[method] is not None, progress), cfg)
+                write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
+        rows += [results[k] for k in todo]
     frame = pd.DataFrame(rows)
     write_results(frame, csv)
     return frame
