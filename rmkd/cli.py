@@ -147,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the teacher once (cached), then the student with each method over each seed on the same "
             "step budget: baseline, soft_label, rm, rm_iou, rm_cls_iou, pfi, rm+pfi, fi_full, fi_positive, "
-            "fi_negative, fi_gt, fgfi. Finished runs are skipped and partial ones resumed, so rerunning the "
+            "fi_negative, fi_gt, fgfi, pfi_detach. Finished runs are skipped and partial ones resumed, so rerunning the "
             "command continues a killed study. Writes the CSV (detector, method, seed, AP, AP50, AP75, APs, "
             "APm, APl, ...) and the paper-style tables beside it (.md) after every run. The full study is "
-            "about 36 runs of 3-6 minutes on a 2-core CPU; --quick is a pipeline check in minutes."
+            "about 39 runs of 3-6 minutes on a 2-core CPU; --quick is a pipeline check in minutes."
         ),
     )
     rep.add_argument("--out", default="runs/reproduce", metavar="DIR", help="run folders (default: runs/reproduce)")

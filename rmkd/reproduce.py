@@ -48,6 +48,7 @@ METHODS: dict[str, dict | None] = {
     "fi_negative": {"fi_negative": "calibrated"},
     "fi_gt": {"fi_gt": "calibrated"},
     "fgfi": {"fgfi": "calibrated"},
+    "pfi_detach": {"pfi": 1.5, "pfi_detach": True},  # P_dif without gradient (the paper does not say)
 }
 # The paper's tables, as (title, methods) over the study's rows.
 TABLES = [
@@ -55,6 +56,7 @@ TABLES = [
     ("Soft-label KD vs RM", ["baseline", "soft_label", "rm"]),
     ("What RM ranks by: classification score, IoU, both", ["baseline", "rm", "rm_iou", "rm_cls_iou"]),
     ("PFI vs feature imitation on hand-picked regions", ["baseline", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi", "pfi"]),
+    ("PFI with P_dif detached or not (our choice of default)", ["baseline", "pfi", "pfi_detach"]),
 ]
 DETECTORS = {"retinanet": ("teacher.yaml", "student.yaml")}
 # No intermediate evaluations: the study needs the final AP only (about 10 s saved twice per run).

@@ -25,6 +25,8 @@ def test_method_configs_turn_on_exactly_their_terms():
         assert cfg.distill.teacher == "t.pt"
     assert method_config(s_cfg, "rm_iou", 0, "t", weights).distill.rm_score == "iou"
     assert method_config(s_cfg, "rm_cls_iou", 0, "t", weights).distill.rm_score == "cls+iou"
+    assert method_config(s_cfg, "pfi_detach", 0, "t", weights).distill.pfi_detach is True
+    assert method_config(s_cfg, "pfi", 0, "t", weights).distill.pfi_detach is False
     assert s_cfg.distill.rm == 4.0 and s_cfg.seed == 0  # the base config is not modified
     with pytest.raises(ConfigError, match="unknown method"):
         method_config(s_cfg, "rmx", 0, "t", weights)
