@@ -253,3 +253,14 @@ def test_analyze_writes_frames_figures_and_summary(tmp_path, tiny_overrides):
          "--set", "analysis.adapter=trained", "--out", str(tmp_path / "a2"), "--details", "0", "--no-progress"]
     )  # fmt: skip
     assert code == 0
+
+
+def test_collect_works_for_fcos(tiny_val):
+    torch.manual_seed(0)
+    teacher = build_detector("fcos", "resnet18", K, fpn_channels=64, head_convs=1, image_size=64).eval()
+    student = build_detector("fcos", "resnet18", K, fpn_channels=32, head_convs=1, image_size=64).eval()
+    col = collect(teacher, student, eval_loader(tiny_val, 4), details=1, progress=False)
+    n_gt = sum(len(tiny_val[i][1]["labels"]) for i in range(len(tiny_val)))
+    assert len(col.instances) == n_gt and len(col.levels) == len(tiny_val) * 5
+    assert (col.instances.n_candidates > 0).any()
+    assert col.instances.kendall_tau.dropna().between(-1, 1).all()
