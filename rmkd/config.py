@@ -142,7 +142,7 @@ class AnalysisConfig:
     images: int = 64  # the first N validation images, the same ones every time
     teacher: str = ""  # reference checkpoint for `rmkd train` (distill uses its own teacher)
     score: str = "cls"  # rank score: cls (the paper's) or iou
-    adapter: str = "fit"  # F_dif channel map: fit (least squares) or trained (the Distiller's adapters)
+    adapter: str = "fit"  # F_dif channel map: fit (least squares, all levels), fit_per_level, or trained (the Distiller's)
 
 
 @dataclass
@@ -298,7 +298,7 @@ _CHOICES = {
     "distill.rm_score": ("cls", "iou", "cls+iou"),
     "distill.rm_space": ("prob", "logit"),
     "analysis.score": ("cls", "iou"),
-    "analysis.adapter": ("fit", "trained"),
+    "analysis.adapter": ("fit", "fit_per_level", "trained"),
 }
 
 

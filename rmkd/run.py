@@ -328,8 +328,8 @@ def analysis_hook(cfg: Config, objective: nn.Module, model: nn.Module, val_set, 
         if not a.teacher:
             raise ConfigError("analysis.every is set but there is no teacher to compare with: set analysis.teacher=CKPT")
         teacher, _ = load_model(a.teacher, device)
-    adapter = "fit"
-    if a.adapter == "trained":
+    adapter = a.adapter  # "fit" / "fit_per_level": fitted at each measurement
+    if adapter == "trained":
         adapter = getattr(objective, "adapters", None)
         if adapter is None:
             raise ConfigError("analysis.adapter is 'trained' but this run trains no adapters (only rmkd distill does)")

@@ -84,6 +84,13 @@ def test_fit_adapter_recovers_a_linear_map():
     conv = fit_adapter(s_feats, t_feats, ridge=1e-9)
     for s, t in zip(s_feats, t_feats):
         torch.testing.assert_close(conv(s), t, atol=1e-4, rtol=1e-4)
+    # per level: each level its own map (here level 1 follows another map than level 0)
+    w2 = torch.randn(8, 3, generator=g)
+    t_feats[1] = torch.einsum("oc,bchw->bohw", w2, s_feats[1])
+    convs = fit_adapter(s_feats, t_feats, ridge=1e-9, per_level=True)
+    assert len(convs) == 2
+    for conv, s, t in zip(convs, s_feats, t_feats):
+        torch.testing.assert_close(conv(s), t, atol=1e-4, rtol=1e-4)
 
 
 def test_size_class_uses_coco_edges():
@@ -264,3 +271,7 @@ def test_collect_works_for_fcos(tiny_val):
     assert len(col.instances) == n_gt and len(col.levels) == len(tiny_val) * 5
     assert (col.instances.n_candidates > 0).any()
     assert col.instances.kendall_tau.dropna().between(-1, 1).all()
+    per_level = collect(teacher, student, eval_loader(tiny_val, 4), adapter="fit_per_level", progress=False)
+    assert len(per_level.adapter) == 5 and per_level.levels.f_dif_mean.notna().all()
+    with pytest.raises(ValueError, match="unknown adapter"):
+        collect(teacher, student, eval_loader(tiny_val, 4), adapter="fitted", progress=False)

@@ -104,8 +104,10 @@ class _Adapt:
 
     def __call__(self, s_feats: list[Tensor], t_feats: list[Tensor]) -> list[Tensor]:
         a = self.adapter
-        if isinstance(a, str) and a == "fit":
-            a = self.adapter = fit_adapter(s_feats, t_feats)
+        if isinstance(a, str):
+            if a not in ("fit", "fit_per_level"):
+                raise ValueError(f"unknown adapter {a!r}: 'fit', 'fit_per_level', None or modules")
+            a = self.adapter = fit_adapter(s_feats, t_feats, per_level=a == "fit_per_level")
         if a is None:
             if s_feats[0].shape[1] != t_feats[0].shape[1]:
                 raise ValueError(
@@ -187,7 +189,8 @@ def collect(
             or ``"iou"`` (IoU of the candidate's decoded box with the GT).
         adapter: how student features reach the teacher's channels for F_dif:
             ``"fit"`` (least squares on the first batch, :func:`fit_adapter`, the same
-            for every student), ``None`` (identity; widths must match), a module
+            for every student), ``"fit_per_level"`` (one such map per level),
+            ``None`` (identity; widths must match), a module
             applied to every level, or a list of per-level modules (a Distiller's
             trained ``adapters``).
         details: keep :class:`ImageDetail` for the first ``details`` images.

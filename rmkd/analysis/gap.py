@@ -133,7 +133,7 @@ def _as_rows(x) -> np.ndarray:
 
 
 @torch.no_grad()
-def fit_adapter(s_feats: list[Tensor], t_feats: list[Tensor], ridge: float = 1e-3) -> nn.Conv2d:
+def fit_adapter(s_feats: list[Tensor], t_feats: list[Tensor], ridge: float = 1e-3, per_level: bool = False):
     """The least-squares 1x1 conv from student to teacher features, pooled over levels.
 
     When widths differ, F_dif needs a map phi from the student's C_s channels to the
@@ -146,7 +146,12 @@ def fit_adapter(s_feats: list[Tensor], t_feats: list[Tensor], ridge: float = 1e-
 
     Args:
         s_feats, t_feats: per level ``[B, C_s, H, W]`` / ``[B, C_t, H, W]``.
+        per_level: fit one map per level instead (an ``nn.ModuleList``), like the
+            Distiller's adapters; coarse levels have few locations, so the ridge
+            matters more there.
     """
+    if per_level:
+        return nn.ModuleList(fit_adapter([s], [t], ridge) for s, t in zip(s_feats, t_feats))
     x = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in s_feats]).double()  # [n, C_s]
     y = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in t_feats]).double()  # [n, C_t]
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)  # bias column

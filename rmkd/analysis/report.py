@@ -100,8 +100,8 @@ def analyze(
     frames_i, frames_l, summaries, collections = [], [], {}, {}
     for name, path in students.items():
         s_model, _ = load_model(path, device, overrides)
-        adapter = "fit"
-        if cfg.analysis.adapter == "trained":
+        adapter = cfg.analysis.adapter  # "fit" or "fit_per_level" are fitted inside collect
+        if adapter == "trained":
             adapter = trained_adapters(path)
             if adapter is None:
                 raise ConfigError(f"{path} holds no trained adapters (not a distilled run): use analysis.adapter=fit")
