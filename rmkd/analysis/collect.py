@@ -231,8 +231,9 @@ def collect(
         labels = torch.cat([tg["labels"].cpu() for tg in targets]) if counts.sum() else torch.zeros(0, dtype=torch.int64)
         area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).numpy()
         # both models resize alike (checked by the pairing), so the student's resized GT serves both
-        t_anchor, t_iou_kept = _match_kept(kept_detections(teacher, t), s.targets, iou_threshold)
-        s_anchor, s_iou_kept = _match_kept(kept_detections(student, s), s.targets, iou_threshold)
+        t_kept, s_kept = kept_detections(teacher, t), kept_detections(student, s)
+        t_anchor, t_iou_kept = _match_kept(t_kept, s.targets, iou_threshold)
+        s_anchor, s_iou_kept = _match_kept(s_kept, s.targets, iou_threshold)
         inst_parts.append(
             pd.DataFrame(
                 {
@@ -289,7 +290,7 @@ def collect(
         for i in range(len(images)):
             if seen + i >= details:
                 break
-            kept_detail[image_ids[i]] = _detail(i, images, targets, t, s, teacher, student, cand, c, gt_start, maps, class_names)
+            kept_detail[image_ids[i]] = _detail(i, images, targets, s, t_kept, s_kept, cand, c, gt_start, maps, class_names)
         offset += int(counts.sum())
         seen += len(images)
 
@@ -338,7 +339,7 @@ def _category_names(labels, class_names) -> list[str]:
     return [class_names[k - 1] if class_names and 0 < k <= len(class_names) else str(k) for k in labels]
 
 
-def _detail(i, images, targets, t, s, teacher, student, cand, c, gt_start, maps, class_names) -> ImageDetail:
+def _detail(i, images, targets, s, t_kept, s_kept, cand, c, gt_start, maps, class_names) -> ImageDetail:
     """The drawable record of image ``i`` of the batch (original pixels)."""
     in_h, in_w = s.image_sizes[i]
     orig_h, orig_w = s.original_sizes[i]
@@ -362,8 +363,7 @@ def _detail(i, images, targets, t, s, teacher, student, cand, c, gt_start, maps,
     rows["s_rank"] = by["s_score"].rank(ascending=False, method="first").astype(int)
 
     kept = []
-    for name, model, dense in (("teacher", teacher, t), ("student", student, s)):
-        det = kept_detections(model, dense)[i]  # recomputed for one image: details are few
+    for name, det in (("teacher", t_kept[i]), ("student", s_kept[i])):  # the batch's NMS, reused
         a = det["anchor"].cpu().numpy()
         frame = pd.DataFrame(det["boxes"].float().cpu().numpy() * scale, columns=["x1", "y1", "x2", "y2"])
         frame[["ax1", "ay1", "ax2", "ay2"]] = anchors[a] * scale
