@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 CONFIG_HELP = (
     "YAML config; its keys override the defaults (see configs/*.yaml and rmkd/config.py). "
@@ -189,18 +190,43 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .engine import NonFiniteLossError
 
     progress = not getattr(args, "no_progress", False)
+    # One line per warning ("rmkd: warning: ..."), not Python's file:line + source echo.
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return _dispatch(args, progress)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, NonFiniteLossError) as e:
         if os.environ.get("RMKD_DEBUG"):
             raise
-        print(f"rmkd {args.command}: error: {e}", file=sys.stderr)
+        print(f"rmkd {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        # A user error raised inside a DataLoader worker comes back as a RuntimeError
+        # carrying the worker's traceback; its last line is the message.
+        if "Original Traceback" not in str(e) or os.environ.get("RMKD_DEBUG"):
+            raise
+        print(f"rmkd {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rmkd {args.command}: interrupted (a checkpoint was saved where a run was training)", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; a worker's re-raised traceback gives its last line."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last  # drop "module.ErrorType: "
+    return " ".join(text.split())
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"rmkd: warning: {' '.join(str(message).split())}\n"
 
 
 def _dispatch(args, progress: bool) -> int:

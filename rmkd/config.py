@@ -59,6 +59,9 @@ class DataConfig:
     hflip: float = 0.0
     workers: int = 0  # DataLoader worker processes
     val_limit: int = 0  # evaluate on the first N val images only (0 = all)
+    # an unreadable image file: "error" stops with its name; "skip" warns with its name and goes on
+    # (see docs/RELIABILITY.md)
+    bad_images: str = "error"
 
 
 @dataclass
@@ -99,6 +102,9 @@ class TrainConfig:
     eval_every: int = 0  # 0 = evaluate at the end only
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: bool = False  # autocast on CUDA
+    # a NaN/inf loss: "stop" (keep the last good checkpoint, print the terms) or "skip" the step
+    # (10 in a row still stop the run)
+    nonfinite: str = "stop"
 
 
 @dataclass
@@ -122,6 +128,9 @@ class DistillConfig:
     pfi_detach: bool = False
     soft_label_temperature: float = 1.0
     fgfi_psi: float = 0.5
+    # evaluate the teacher on a few val images before a fresh run and warn if it is at chance
+    # (an untrained teacher or the wrong file)
+    check_teacher: bool = True
 
     def weights(self) -> dict[str, float]:
         from .distill import TERMS
@@ -162,12 +171,16 @@ class Config:
         """Short hash of the named sections (all when none): a cache key.
 
         Keys that do not change the trained weights (logging, checkpoint and
-        evaluation periods, device) are left out, so they never split a cache.
+        evaluation periods, device, what to do on a fault) are left out, so they
+        never split a cache.
         """
         d = self.to_dict()
-        for key in ("checkpoint_every", "log_every", "eval_every", "device"):
+        for key in ("checkpoint_every", "log_every", "eval_every", "device", "nonfinite"):
             d["train"].pop(key)
+        # Fault handling and checks act only when something is wrong, so they never split a cache.
         d["data"].pop("val_limit")
+        d["data"].pop("bad_images")
+        d["distill"].pop("check_teacher")
         if "analysis" not in sections:
             d.pop("analysis")  # measuring never changes the weights
         if sections:
@@ -289,6 +302,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 _CHOICES = {
     "data.source": ("synth", "coco"),
+    "data.bad_images": ("error", "skip"),
+    "train.nonfinite": ("stop", "skip"),
     "model.family": ("retinanet", "fcos"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.norm": ("bn", "frozen_bn"),

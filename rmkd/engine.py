@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -23,6 +24,11 @@ from .models import dense_forward, postprocess
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the message lists every term."""
+
+
+NONFINITE = ("stop", "skip")
+# With nonfinite="skip", this many non-finite steps in a row mean the run has diverged: stop.
+MAX_SKIPPED_IN_A_ROW = 10
 
 
 class DetectionLoss(nn.Module):
@@ -67,15 +73,27 @@ def train_loop(
     progress: bool = True,
     desc: str = "train",
     on_interrupt: Callable[[int], None] | None = None,
+    nonfinite: str = "stop",
+    stats: dict | None = None,
 ) -> int:
     """Run steps ``start_step + 1 .. max_steps``; return the last step done.
 
     ``batches`` yields ``(images, targets)`` for each step in order. ``every`` holds
     ``(period, fn)`` pairs called as ``fn(step)`` when ``step % period == 0``
     (checkpoints, evaluation). A non-finite loss raises :class:`NonFiniteLossError`
-    before the optimiser touches the weights, so the last checkpoint stays good.
+    before the optimiser touches the weights, so the last checkpoint stays good;
+    with ``nonfinite="skip"`` the step is skipped instead (a warning lists the
+    terms; the optimiser does not step, the schedule does, so it stays a function
+    of the step), until :data:`MAX_SKIPPED_IN_A_ROW` in a row stop the run.
+    A batch left empty (every image skipped as unreadable) is skipped the same way.
+    ``stats["skipped_steps"]`` counts the skipped steps of this call.
     On Ctrl-C, ``on_interrupt(last completed step)`` runs before the interrupt propagates.
     """
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite={nonfinite!r}: choose one of {', '.join(NONFINITE)}")
+    stats = {} if stats is None else stats
+    stats["skipped_steps"] = 0
+    in_a_row = 0
     objective.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(total=max_steps, initial=start_step, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -84,20 +102,31 @@ def train_loop(
     try:
         for step in range(start_step + 1, max_steps + 1):
             images, targets = next(batches)
-            images, targets = to_device(images, targets, device)
-            with autocast(device, amp):
-                losses = objective(images, targets)
-            total = sum(losses.values())
-            if not torch.isfinite(total):
+            losses = _losses(objective, images, targets, device, amp)
+            total = sum(losses.values()) if losses is not None else None
+            if losses is None:
+                warnings.warn(f"step {step}: every image of the batch was skipped as unreadable; step skipped")
+            elif not torch.isfinite(total):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise NonFiniteLossError(f"non-finite loss at step {step}: {terms}")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
-            optimizer.step()
-            scheduler.step()
+                in_a_row += 1
+                if nonfinite == "stop" or in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    row = f" ({in_a_row} in a row)" if nonfinite == "skip" else ""
+                    raise NonFiniteLossError(f"non-finite loss at step {step}{row}: {terms}")
+                warnings.warn(f"non-finite loss at step {step}: {terms}; step skipped (train.nonfinite=skip)")
+                total = None
+            if total is None:
+                # Leave the weights alone but keep the schedule a function of the step.
+                scheduler.step()
+                stats["skipped_steps"] += 1
+            else:
+                in_a_row = 0
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+                optimizer.step()
+                scheduler.step()
             done = step  # the weights now hold this step: an interrupt from here saves it
-            if log is not None and (step % log_every == 0 or step == max_steps):
+            if total is not None and log is not None and (step % log_every == 0 or step == max_steps):
                 elapsed = time.perf_counter() - tic
                 record = {k: v.item() for k, v in losses.items()}
                 record.update(loss=total.item(), grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
@@ -116,6 +145,15 @@ def train_loop(
         raise
     bar.close()
     return done
+
+
+def _losses(objective, images, targets, device, amp) -> dict | None:
+    """The objective's named losses for one batch; None for a batch left empty."""
+    if not images:
+        return None
+    images, targets = to_device(images, targets, device)
+    with autocast(device, amp):
+        return objective(images, targets)
 
 
 @torch.no_grad()
@@ -142,13 +180,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = Tr
     detections as COCO result dicts (category ids of the data set).
     """
     dataset = loader.dataset
-    dataset = getattr(dataset, "dataset", dataset)  # a Subset evaluates against its base set's COCO
+    base = getattr(dataset, "dataset", dataset)  # a Subset evaluates against its base set's COCO
+    # The images asked for, not those predicted: an image skipped as unreadable
+    # (data.bad_images=skip) still counts, its objects as missed.
+    wanted = [base.ids[i] for i in dataset.indices] if dataset is not base else base.ids
     predictions = predict(model, loader, device, progress, amp)
     image_ids = [image_id for image_id, _ in predictions]
-    detections = detections_to_coco(image_ids, [out for _, out in predictions], dataset.label_to_cat_id)
-    coco = dataset.coco
-    if len(set(image_ids)) < len(dataset.ids):
-        coco = _subset_coco(coco, image_ids)
+    detections = detections_to_coco(image_ids, [out for _, out in predictions], base.label_to_cat_id)
+    coco = base.coco
+    if len(set(wanted)) < len(base.ids):
+        coco = _subset_coco(coco, wanted)
     return coco_map(coco, detections), detections
 
 

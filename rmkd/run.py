@@ -19,13 +19,14 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from . import engine
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, load_config, save_config
 from .data import CocoDetection, detection_transforms, make_synthetic
 from .data.loader import eval_loader, train_loader
@@ -88,11 +89,12 @@ def data_splits(cfg: Config, progress: bool = True, overwrite: bool = False) -> 
 def build_datasets(cfg: Config, progress: bool = True, train: bool = True):
     """(train dataset or None, val dataset), checking the class count fits the model."""
     splits = data_splits(cfg, progress)
-    val = CocoDetection(splits["val"]["images"], splits["val"]["annotations"])
+    bad = cfg.data.bad_images
+    val = CocoDetection(splits["val"]["images"], splits["val"]["annotations"], bad_images=bad)
     train_set = None
     if train:
         train_set = CocoDetection(
-            splits["train"]["images"], splits["train"]["annotations"], detection_transforms(True, cfg.data.hflip)
+            splits["train"]["images"], splits["train"]["annotations"], detection_transforms(True, cfg.data.hflip), bad
         )
     for ds in filter(None, (train_set, val)):
         if ds.num_classes > cfg.model.num_classes:
@@ -270,12 +272,16 @@ def train(
     every = [(cfg.train.checkpoint_every, checkpoint)]
     if cfg.train.eval_every:
         every.append((cfg.train.eval_every, evaluate))
+    teacher = getattr(objective, "teacher", None)
+    if start == 0 and teacher is not None and cfg.distill.check_teacher:
+        check_teacher(teacher, cfg.distill.teacher, val_set, cfg, device, log, progress)
     hook = analysis_hook(cfg, objective, model, val_set, log, device)
     if hook is not None:
         every.append((cfg.analysis.every, hook))
         if start == 0:
             hook(0)
     tic = time.perf_counter()
+    loop_stats: dict = {}
     try:
         step = engine.train_loop(
             objective,
@@ -293,7 +299,15 @@ def train(
             progress=progress,
             desc=f"{kind} {os.path.basename(os.path.normpath(out_dir))}",
             on_interrupt=checkpoint,
+            nonfinite=cfg.train.nonfinite,
+            stats=loop_stats,
         )
+    except engine.NonFiniteLossError as e:
+        kept = f"{ckpt_path} (step {load_checkpoint(ckpt_path)['step']})" if os.path.exists(ckpt_path) else "none yet"
+        raise engine.NonFiniteLossError(
+            f"{e}; last good checkpoint: {kept}, left as it was. Lower train.lr or train.clip_grad and "
+            "rerun with --resume, or set train.nonfinite=skip to skip such steps"
+        ) from None
     finally:
         log.close()
     train_seconds = time.perf_counter() - tic
@@ -308,11 +322,39 @@ def train(
         "peak_memory_mb": peak_memory_mb(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "skipped_steps": loop_stats.get("skipped_steps", 0),  # non-finite or empty batches (train.nonfinite=skip)
+        # unreadable images skipped (data.bad_images=skip); counted in this process, so not with data.workers > 0
+        "skipped_images": len(train_set.skipped) + len(val_set.skipped) if not cfg.data.workers else None,
     }
     with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
         json.dump(detections, f)
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
+    return metrics
+
+
+# A teacher whose AP50 on the check images is below this is at chance: untrained, or not the file meant.
+TEACHER_CHANCE_AP50 = 0.01
+TEACHER_CHECK_IMAGES = 64
+
+
+def check_teacher(teacher: nn.Module, name: str, val_set, cfg: Config, device, log, progress: bool = False) -> dict:
+    """Evaluate the teacher on the first val images; warn if it is at chance. Returns its metrics.
+
+    A teacher that was never trained (or a checkpoint of something else) distils
+    noise without any error; this makes that visible before hours are spent.
+    The metrics go to ``metrics.jsonl`` as ``teacher/*``.
+    """
+    loader = eval_loader(val_subset(val_set, TEACHER_CHECK_IMAGES), cfg.eval.batch_size, cfg.data.workers)
+    with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws from the global RNG
+        metrics, _ = engine.evaluate(teacher, loader, device, progress, cfg.train.amp)
+    log(0, {k: metrics[k] for k in ("AP", "AP50")}, prefix="teacher")
+    if not metrics["AP50"] >= TEACHER_CHANCE_AP50:  # NaN (no ground truth) also warns
+        warnings.warn(
+            f"teacher {name} scores AP50 {100 * metrics['AP50']:.2f} on the first {len(loader.dataset)} "
+            "validation images, at chance: it looks untrained or is not the checkpoint you meant; "
+            "check --teacher (distill.check_teacher=false silences this)"
+        )
     return metrics
 
 
@@ -374,7 +416,14 @@ def load_model(checkpoint: str, device: torch.device | str = "cpu", overrides: l
     state = load_checkpoint(checkpoint)
     cfg = load_config(base=state.get("config", {}), overrides=overrides)
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r}: its weights do not fit the model its own config describes "
+            f"({detail}); the file was edited or damaged: use an unmodified last.pt"
+        ) from None
     return model.to(device).eval(), cfg
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from rmkd.data.coco import CocoDetection, collate, detection_transforms
+from rmkd.data.coco import BadImageError, CocoDetection, collate, detection_transforms
 from rmkd.data.voc import VOC_CLASSES, voc_to_coco
 
 # Image 1 is 40 wide x 30 high; categories are listed out of order with non-contiguous ids.
@@ -181,7 +181,7 @@ def test_missing_paths(coco_dir, tmp_path):
         CocoDetection(root / "no_images", root / "ann.json")
     (root / "img" / "rgb.png").unlink()
     ds = make_dataset(coco_dir)
-    with pytest.raises(FileNotFoundError, match="rgb.png"):
+    with pytest.raises(BadImageError, match="rgb.png.*not found"):
         ds[0]
 
 
@@ -303,3 +303,24 @@ def test_voc_json_loads_in_dataset(devkit, tmp_path):
     assert target["labels"].tolist() == [12, 15]  # all 20 categories present, so label == VOC id
     assert ds[1][1]["boxes"].tolist() == [[2.0, 3.0, 13.0, 14.0]]
     assert not math.isnan(target["boxes"].sum().item())
+
+
+def test_annotation_for_an_image_that_does_not_exist(coco_dir):
+    root, _ = coco_dir
+    data = json.loads(json.dumps(COCO_DICT))
+    data["annotations"][0]["image_id"] = 404
+    (root / "orphan.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"orphan\.json: annotation 1 has image_id 404 that is not in 'images'"):
+        CocoDetection(root / "img", root / "orphan.json")
+
+
+def test_image_size_that_disagrees_with_the_json(coco_dir):
+    root, _ = coco_dir
+    data = json.loads(json.dumps(COCO_DICT))
+    data["images"][1]["width"] = 41  # rgb.png is 40 x 30
+    (root / "sizes.json").write_text(json.dumps(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = CocoDetection(root / "img", root / "sizes.json")
+    with pytest.raises(ValueError, match=r"rgb\.png: image is 40x30 but .*sizes\.json says 41x30"):
+        ds[ds.ids.index(1)]

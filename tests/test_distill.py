@@ -173,3 +173,23 @@ def test_pairing_errors():
         Distiller(teacher, build_detector("retinanet", "resnet18", K, fpn_channels=32, **{**ANCHORS, "image_size": 96}))
     with pytest.raises(ValueError, match="unknown distillation terms"):
         Distiller(teacher, _pair()[1], {"rank": 1.0})
+
+
+@pytest.mark.parametrize("bias", [0.0, 50.0, -50.0])
+def test_distiller_is_finite_without_objects_and_at_extreme_logits(bias):
+    """Every KD term (and its gradient) stays finite for a batch with no objects at all
+    (no candidates: RM is exactly 0) and when the student's logits sit at +-50."""
+    teacher, student = _pair()
+    with torch.no_grad():
+        student.head.classification_head.cls_logits.bias.fill_(bias)
+    d = Distiller(teacher, student, {term: 1.0 for term in TERMS}, rm_score="cls+iou").train()
+    images, targets = _batch()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in images]
+    for batch_targets in (empty, targets):
+        d.zero_grad()
+        losses = d(images, batch_targets)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(p.grad).all() for p in d.parameters() if p.grad is not None)
+        if batch_targets is empty:
+            assert losses["rm"] == 0 and losses["fi_positive"] == 0 and losses["fi_gt"] == 0

@@ -20,6 +20,20 @@ from torchvision.transforms import v2
 
 # Reasons an annotation never reaches a target, in the order they are checked.
 DROP_REASONS = ("crowd", "non_finite", "non_positive_size", "outside_image")
+BAD_IMAGES = ("error", "skip")
+
+
+class BadImageError(ValueError):
+    """An image file listed in the annotations cannot be read; ``path`` and ``reason`` name it."""
+
+    def __init__(self, path: str, img_id=None, reason: str | None = None):
+        if reason is None:  # rebuilt from its message (a DataLoader worker re-raising it)
+            super().__init__(path)
+            self.path, self.reason = None, None
+            return
+        hint = "replace the file, or set data.bad_images=skip to skip unreadable images with a warning"
+        super().__init__(f"{path}: image {img_id} {reason}; {hint}")
+        self.path, self.reason = path, reason
 
 
 def load_json(path):
@@ -64,6 +78,13 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: optional callable ``(image, target) -> (image, target)``;
             ``torchvision.transforms.v2`` transforms work directly because the
             image is a ``tv_tensors.Image`` and boxes are ``tv_tensors.BoundingBoxes``.
+        bad_images: what an unreadable image file (missing, truncated, not an
+            image) does when it is loaded: ``"error"`` (default) raises a
+            one-line error naming the file; ``"skip"`` warns naming the file,
+            records it in ``self.skipped`` and returns None, which
+            :func:`collate` leaves out of the batch. Errors are the default
+            because a skipped image silently changes what is trained on and,
+            in a validation set, counts its objects as missed.
 
     Each item is ``(image, target)``:
         image: float32 ``[3, H, W]`` RGB in [0, 1] (grey / RGBA are converted).
@@ -78,10 +99,15 @@ class CocoDetection(torch.utils.data.Dataset):
     Images without boxes are kept (``[0, 4]`` boxes).
     """
 
-    def __init__(self, images, annotations, transforms=None):
+    def __init__(self, images, annotations, transforms=None, bad_images="error"):
         self.images = os.fspath(images)
         self.annotations = os.fspath(annotations)
         self.transforms = transforms
+        if bad_images not in BAD_IMAGES:
+            raise ValueError(f"bad_images={bad_images!r}: choose one of {', '.join(BAD_IMAGES)}")
+        self.bad_images = bad_images
+        # path -> reason for each image skipped so far (in this process: DataLoader workers keep their own)
+        self.skipped: dict[str, str] = {}
         if not os.path.isdir(self.images):
             raise FileNotFoundError(f"{self.images}: images folder not found; check the path")
 
@@ -160,11 +186,16 @@ class CocoDetection(torch.utils.data.Dataset):
         info = self.coco.imgs[img_id]
         path = os.path.join(self.images, info["file_name"])
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: image {img_id} listed in {self.annotations} not found")
+            raise BadImageError(path, img_id, f"listed in {self.annotations} not found")
         # Pillow rather than torchvision.io, whose decoders are deprecated since 0.29.
-        # convert("RGB") turns grey, palette and RGBA (alpha dropped) into 3 channels.
-        with Image.open(path) as pil:
-            image = v2.functional.pil_to_tensor(pil.convert("RGB"))
+        # convert("RGB") turns grey, palette and RGBA (alpha dropped) into 3 channels; it also
+        # decodes the whole file, so a truncated JPEG or PNG fails here rather than later.
+        try:
+            with Image.open(path) as pil:
+                image = v2.functional.pil_to_tensor(pil.convert("RGB"))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BadImageError(path, img_id, f"cannot be decoded ({reason})") from None
         h, w = image.shape[-2:]
         if (h, w) != (info["height"], info["width"]):
             raise ValueError(
@@ -175,7 +206,14 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         img_id = self.ids[i]
-        image = self._load_image(img_id)
+        try:
+            image = self._load_image(img_id)
+        except BadImageError as e:
+            if self.bad_images == "error":
+                raise
+            self.skipped[e.path] = e.reason
+            warnings.warn(f"{e.path}: image {img_id} {e.reason}; skipped (data.bad_images=skip, {len(self.skipped)} so far)")
+            return None
         boxes, labels = self._targets[img_id]
         target = {
             "boxes": tv_tensors.BoundingBoxes(
@@ -192,8 +230,10 @@ class CocoDetection(torch.utils.data.Dataset):
 def collate(batch):
     """DataLoader ``collate_fn``: images differ in size, so keep lists.
 
+    Items that are None (images skipped with ``bad_images="skip"``) are left out.
     Returns ``(list of [3, H, W] images, list of target dicts)``.
     """
+    batch = [item for item in batch if item is not None]
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
 
