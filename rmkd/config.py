@@ -73,6 +73,8 @@ class ModelConfig:
     head_convs: int = 2
     # [short side, max long side]; the embedded 64 px set is read at 128 (see configs/student.yaml)
     image_size: list[int] = field(default_factory=lambda: [128, 128])
+    # multi-scale training: short sides drawn per image in training (evaluation uses image_size); [] = off
+    train_sizes: list[int] = field(default_factory=list)
     anchor_sizes: list[float] = field(default_factory=lambda: [24.0, 48.0, 96.0, 192.0, 320.0])
     scales_per_octave: int = 2
     aspect_ratios: list[float] = field(default_factory=lambda: [1.0, 1.5])  # height / width
@@ -90,6 +92,9 @@ class TrainConfig:
     batch_size: int = 16
     optimizer: str = "adamw"  # "adamw" or "sgd"
     lr: float = 2e-3
+    # linear scaling rule: lr is given for a global batch of lr_batch; the lr used is
+    # lr * batch_size / lr_batch (0 = use lr as given)
+    lr_batch: int = 0
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
     warmup_steps: int = 100
@@ -101,7 +106,10 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0 = evaluate at the end only
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    amp: bool = False  # autocast on CUDA
+    amp: bool = False  # autocast on CUDA (ignored on CPU)
+    amp_dtype: str = "bf16"  # "bf16", or "fp16" (with a GradScaler, checkpointed)
+    channels_last: bool = False  # NHWC memory format for the model (faster convolutions on recent GPUs)
+    cudnn_benchmark: bool = False  # let cuDNN pick kernels per input shape (pays off when shapes repeat)
     # a NaN/inf loss: "stop" (keep the last good checkpoint, print the terms) or "skip" the step
     # (10 in a row still stop the run)
     nonfinite: str = "stop"
@@ -175,8 +183,14 @@ class Config:
         never split a cache.
         """
         d = self.to_dict()
-        for key in ("checkpoint_every", "log_every", "eval_every", "device", "nonfinite"):
+        for key in ("checkpoint_every", "log_every", "eval_every", "device", "nonfinite", "channels_last", "cudnn_benchmark"):
             d["train"].pop(key)
+        if not d["model"]["train_sizes"]:
+            d["model"].pop("train_sizes")  # keeps the keys of runs from before the option
+        if not d["train"]["lr_batch"]:
+            d["train"].pop("lr_batch")  # keeps the keys of runs from before the option
+        if not d["train"]["amp"]:
+            d["train"].pop("amp_dtype")  # no effect without amp
         # Fault handling and checks act only when something is wrong, so they never split a cache.
         d["data"].pop("val_limit")
         d["data"].pop("bad_images")
@@ -304,6 +318,7 @@ _CHOICES = {
     "data.source": ("synth", "coco"),
     "data.bad_images": ("error", "skip"),
     "train.nonfinite": ("stop", "skip"),
+    "train.amp_dtype": ("bf16", "fp16"),
     "model.family": ("retinanet", "fcos"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.norm": ("bn", "frozen_bn"),
@@ -341,6 +356,7 @@ def validate(cfg: Config) -> None:
         ("eval.batch_size", cfg.eval.batch_size, 1),
         ("model.num_classes", cfg.model.num_classes, 1),
         ("train.warmup_steps", cfg.train.warmup_steps, 0),
+        ("train.lr_batch", cfg.train.lr_batch, 0),
         ("train.eval_every", cfg.train.eval_every, 0),
         ("analysis.every", cfg.analysis.every, 0),
         ("analysis.images", cfg.analysis.images, 1),

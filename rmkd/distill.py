@@ -54,10 +54,11 @@ def check_pairing(teacher: nn.Module, student: nn.Module) -> None:
             f"student sizes {sa.sizes}, ratios {sa.aspect_ratios[0]}): use the same model.anchor_sizes, "
             "scales_per_octave and aspect_ratios"
         )
+    # The evaluation size (min_size[-1]); training sizes may differ since the teacher is fed the student's input.
     tt, st = teacher.transform, student.transform
-    if (tt.min_size, tt.max_size) != (st.min_size, st.max_size):
+    if (tt.min_size[-1], tt.max_size) != (st.min_size[-1], st.max_size):
         raise PairingError(
-            f"input sizes differ (teacher {tt.min_size}/{tt.max_size}, student {st.min_size}/{st.max_size}): "
+            f"input sizes differ (teacher {tt.min_size[-1]}/{tt.max_size}, student {st.min_size[-1]}/{st.max_size}): "
             "use the same model.image_size"
         )
 
@@ -126,9 +127,12 @@ class Distiller(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
         """Detection losses of the student plus each weighted KD term (scalars)."""
+        # One resize/normalise/batch, the student's (in training it may draw a random
+        # size: model.train_sizes); the teacher sees the very same input tensor.
+        image_list, targets_t = self.student.transform(images, targets)
         with torch.no_grad():
-            t = dense_forward(self.teacher, images)
-        s = dense_forward(self.student, images, targets)
+            t = dense_forward(self.teacher, images, transformed=(image_list, None))
+        s = dense_forward(self.student, images, targets, transformed=(image_list, targets_t))
         losses = dict(s.losses)
         if t.level_sizes != s.level_sizes or t.num_anchors != s.num_anchors:
             raise PairingError(f"teacher levels {t.level_sizes} x {t.num_anchors} anchors differ from the student's")

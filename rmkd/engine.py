@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .evaluate import coco_map, detections_to_coco
 from .models import dense_forward, postprocess
 
@@ -50,9 +51,10 @@ def to_device(images, targets, device):
     return images, targets
 
 
-def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, amp: bool | str):
+    """Mixed precision on CUDA: ``amp`` False (off), True or "bf16", or "fp16" (needs a GradScaler)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -75,6 +77,8 @@ def train_loop(
     on_interrupt: Callable[[int], None] | None = None,
     nonfinite: str = "stop",
     stats: dict | None = None,
+    ctx: distributed.Context = distributed.SINGLE,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> int:
     """Run steps ``start_step + 1 .. max_steps``; return the last step done.
 
@@ -87,6 +91,11 @@ def train_loop(
     of the step), until :data:`MAX_SKIPPED_IN_A_ROW` in a row stop the run.
     A batch left empty (every image skipped as unreadable) is skipped the same way.
     ``stats["skipped_steps"]`` counts the skipped steps of this call.
+
+    Under torchrun (``ctx``), ``objective`` is the DDP-wrapped one; every rank
+    steps or skips together, and logged losses are means over the ranks (the
+    global batch's). ``scaler`` (fp16 autocast) scales the loss and unscales the
+    gradients before clipping.
     On Ctrl-C, ``on_interrupt(last completed step)`` runs before the interrupt propagates.
     """
     if nonfinite not in NONFINITE:
@@ -102,37 +111,55 @@ def train_loop(
     try:
         for step in range(start_step + 1, max_steps + 1):
             images, targets = next(batches)
-            losses = _losses(objective, images, targets, device, amp)
+            empty = not images
+            if empty and ctx.distributed:
+                # A blank image without objects keeps this rank in step with the others (all skip).
+                images, targets = [torch.zeros(3, 32, 32)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+            losses = _losses(objective, images, targets, device, amp) if images else None
             total = sum(losses.values()) if losses is not None else None
-            if losses is None:
-                warnings.warn(f"step {step}: every image of the batch was skipped as unreadable; step skipped")
-            elif not torch.isfinite(total):
-                terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                in_a_row += 1
-                if nonfinite == "stop" or in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                    row = f" ({in_a_row} in a row)" if nonfinite == "skip" else ""
-                    raise NonFiniteLossError(f"non-finite loss at step {step}{row}: {terms}")
-                warnings.warn(f"non-finite loss at step {step}: {terms}; step skipped (train.nonfinite=skip)")
-                total = None
-            if total is None:
+            finite = total is not None and bool(torch.isfinite(total))
+            ok = distributed.all_true(finite and not empty, ctx, device)  # every rank steps or none does
+            if not ok:
+                if empty:
+                    warnings.warn(f"step {step}: every image of the batch was skipped as unreadable; step skipped")
+                else:
+                    where = "" if not finite else " on another process"
+                    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                    in_a_row += 1
+                    if nonfinite == "stop" or in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                        row = f" ({in_a_row} in a row)" if nonfinite == "skip" else ""
+                        raise NonFiniteLossError(f"non-finite loss{where} at step {step}{row}: {terms}")
+                    warnings.warn(f"non-finite loss{where} at step {step}: {terms}; step skipped (train.nonfinite=skip)")
+                if ctx.distributed:
+                    # DDP expects the backward of every forward; its (discarded) gradients change nothing.
+                    (total * 0).backward()
+                    optimizer.zero_grad(set_to_none=True)
                 # Leave the weights alone but keep the schedule a function of the step.
                 scheduler.step()
                 stats["skipped_steps"] += 1
             else:
                 in_a_row = 0
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
-                optimizer.step()
+                if scaler is None:
+                    total.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+                    optimizer.step()
+                else:  # fp16: scaled loss, unscaled gradients for clipping
+                    scaler.scale(total).backward()
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+                    scaler.step(optimizer)
+                    scaler.update()
                 scheduler.step()
             done = step  # the weights now hold this step: an interrupt from here saves it
-            if total is not None and log is not None and (step % log_every == 0 or step == max_steps):
+            if ok and log is not None and (step % log_every == 0 or step == max_steps):
                 elapsed = time.perf_counter() - tic
-                record = {k: v.item() for k, v in losses.items()}
-                record.update(loss=total.item(), grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
+                mean = distributed.mean_over_ranks({**losses, "loss": total}, ctx)  # the global batch's losses
+                record = {k: v.item() for k, v in mean.items() if k != "loss"}
+                record.update(loss=mean["loss"].item(), grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
                 record["sec_per_step"] = elapsed / (step - logged)
                 log(step, record)
-                bar.set_postfix(loss=f"{total.item():.3f}")
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
                 tic, logged = time.perf_counter(), step
             bar.update(1)
             for period, fn in every:
@@ -157,7 +184,7 @@ def _losses(objective, images, targets, device, amp) -> dict | None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, progress: bool = True, amp: bool = False) -> list[tuple[int, dict]]:
+def predict(model: nn.Module, loader, device: torch.device, progress: bool = True, amp: bool | str = False) -> list[tuple[int, dict]]:
     """Detections ``[(image_id, {"boxes", "scores", "labels"})]`` over a loader, on the CPU."""
     was_training = model.training
     model.eval()
@@ -173,24 +200,41 @@ def predict(model: nn.Module, loader, device: torch.device, progress: bool = Tru
     return results
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, progress: bool = True, amp: bool = False):
+def evaluate(
+    model: nn.Module, loader, device: torch.device, progress: bool = True, amp: bool | str = False,
+    ctx: distributed.Context = distributed.SINGLE,
+):  # fmt: skip
     """COCO box mAP of ``model`` on ``loader.dataset`` (a :class:`rmkd.data.CocoDetection`).
 
     Returns ``(metrics, detections)``: metrics as :func:`rmkd.evaluate.coco_map`,
-    detections as COCO result dicts (category ids of the data set).
+    detections as COCO result dicts (category ids of the data set). Under torchrun
+    (``ctx``) each rank predicts its contiguous share of the images, the
+    predictions are gathered in order and rank 0 runs COCOeval; every rank
+    returns the same metrics and detections.
     """
     dataset = loader.dataset
     base = getattr(dataset, "dataset", dataset)  # a Subset evaluates against its base set's COCO
     # The images asked for, not those predicted: an image skipped as unreadable
     # (data.bad_images=skip) still counts, its objects as missed.
-    wanted = [base.ids[i] for i in dataset.indices] if dataset is not base else base.ids
-    predictions = predict(model, loader, device, progress, amp)
+    indices = list(dataset.indices) if dataset is not base else list(range(len(base)))
+    wanted = [base.ids[i] for i in indices]
+    if ctx.distributed:
+        mine = torch.utils.data.Subset(base, [indices[i] for i in distributed.share(len(indices), ctx)])
+        loader = torch.utils.data.DataLoader(
+            mine, batch_size=loader.batch_size, collate_fn=loader.collate_fn, num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+        )  # fmt: skip
+    predictions = predict(model, loader, device, progress and ctx.main, amp)
+    predictions = [p for part in distributed.gather(predictions, ctx) for p in part]
     image_ids = [image_id for image_id, _ in predictions]
     detections = detections_to_coco(image_ids, [out for _, out in predictions], base.label_to_cat_id)
-    coco = base.coco
-    if len(set(wanted)) < len(base.ids):
-        coco = _subset_coco(coco, wanted)
-    return coco_map(coco, detections), detections
+    metrics = None
+    if ctx.main:
+        coco = base.coco
+        if len(set(wanted)) < len(base.ids):
+            coco = _subset_coco(coco, wanted)
+        metrics = coco_map(coco, detections)
+    return distributed.broadcast(metrics, ctx), detections
 
 
 def _subset_coco(coco, image_ids):

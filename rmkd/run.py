@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import engine
+from . import distributed, engine
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, load_config, save_config
 from .data import CocoDetection, detection_transforms, make_synthetic
@@ -129,6 +129,7 @@ def build_model(cfg: Config) -> nn.Module:
         score_thresh=m.score_thresh,
         nms_thresh=m.nms_thresh,
         detections_per_img=m.detections_per_img,
+        train_sizes=m.train_sizes,
     )
 
 
@@ -138,9 +139,16 @@ def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = scaled_lr(cfg)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    return torch.optim.AdamW(groups, lr=t.lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def scaled_lr(cfg: Config) -> float:
+    """``train.lr``, scaled by the linear rule to the global batch when ``train.lr_batch`` is set."""
+    t = cfg.train
+    return t.lr * t.batch_size / t.lr_batch if t.lr_batch else t.lr
 
 
 def build_scheduler(optimizer, cfg: Config):
@@ -204,34 +212,67 @@ def train(
     """
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "last.pt")
-    device = resolve_device(cfg.train.device)
+    ctx = distributed.from_env()
+    device = resolve_device(distributed.local_device(cfg.train.device, ctx))
+    ctx = distributed.setup(device)
+    if cfg.train.batch_size % ctx.world:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over "
+            f"{ctx.world} processes; use a multiple of {ctx.world}"
+        )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    progress = progress and ctx.main
     seed_everything(cfg.seed)
     if cfg.analysis.every and make_objective is None and not cfg.analysis.teacher:
         raise ConfigError("analysis.every is set but there is no teacher to compare with: set analysis.teacher=CKPT")
+    if not ctx.main:
+        distributed.barrier(ctx)  # rank 0 generates the embedded data set first
     train_set, val_set = build_datasets(cfg, progress)
-    model = build_model(cfg).to(device)
+    if ctx.main:
+        distributed.barrier(ctx)
+    model = build_model(cfg)
+    if ctx.distributed and cfg.model.norm == "bn":
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # statistics of the global batch
+        elif ctx.main:
+            warnings.warn("model.norm=bn under torchrun on CPU: BatchNorm statistics are per process (SyncBatchNorm needs GPUs)")
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     objective = (make_objective or (lambda m, d: engine.DetectionLoss(m)))(model, device).to(device)
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg)
+    if ctx.rank > 0:
+        # Same initial weights on every rank (seeded above; DDP also copies rank 0's), but each
+        # rank its own stream for random augmentation, so the ranks do not flip the same images.
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+    amp = (cfg.train.amp_dtype if cfg.train.amp else False) if device.type == "cuda" else False
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
 
     start = 0
     if resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path)
-        if state.get("config", {}).get("model") != cfg.to_dict()["model"]:
+        if load_config(base=state.get("config", {})).to_dict()["model"] != cfg.to_dict()["model"]:
             raise ConfigError(f"{ckpt_path} was trained with another model config; resume with the same config")
         model.load_state_dict(state["model"])
         # adapters and other trainable state of the objective outside the detector
         objective.load_state_dict({**objective.state_dict(), **state.get("objective", {})})
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-        print(f"resuming {out_dir} from step {start}", file=sys.stderr)
+        if ctx.main:
+            print(f"resuming {out_dir} from step {start}", file=sys.stderr)
     elif not resume and os.path.exists(ckpt_path):
         raise ConfigError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
-    save_config(cfg, os.path.join(out_dir, "config.yaml"))
+    distributed.barrier(ctx)  # every rank has checked (and read) last.pt before rank 0 writes anything
+    if ctx.main:
+        save_config(cfg, os.path.join(out_dir, "config.yaml"))
 
-    log = MetricsLog(out_dir)
+    log = MetricsLog(out_dir) if ctx.main else _NoLog()
     step_times: list[float] = []
     clock = {"step": start, "train_seconds": 0.0}  # training time without evaluation, for learning curves
 
@@ -241,41 +282,69 @@ def train(
         clock["step"] = step
         log(step, {**record, "train_seconds": round(clock["train_seconds"], 2)})
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "objective": objective_extra(objective),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "config": cfg.to_dict(),
-                "kind": kind,
-                "rng": {"torch": torch.get_rng_state()},
-            },
-            ckpt_path,
-        )
+    def checkpoint(step: int, gather: bool = True) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if ctx.distributed and gather:  # a collective: every rank calls checkpoint at the same step
+            rng["ranks"] = distributed.gather(rng["torch"], ctx)
+        if not ctx.main:
+            return
+        state = {
+            "model": model.state_dict(),
+            "objective": objective_extra(objective),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "config": cfg.to_dict(),
+            "kind": kind,
+            "rng": rng,
+        }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(state, ckpt_path)
 
     val_loader = eval_loader(val_subset(val_set, cfg.data.val_limit), cfg.eval.batch_size, cfg.data.workers)
 
     def evaluate(step: int) -> dict:
         with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws from the global RNG
-            metrics, detections = engine.evaluate(model, val_loader, device, progress, cfg.train.amp)
+            metrics, detections = engine.evaluate(model, val_loader, device, progress, amp, ctx)
         log(step, {**metrics, "train_seconds": round(clock["train_seconds"], 2)}, prefix="eval")
         return metrics, detections
 
-    batches = iter(train_loader(train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.max_steps, cfg.data.workers))
+    batches = iter(
+        train_loader(
+            train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.max_steps, cfg.data.workers, ctx.rank, ctx.world
+        )
+    )
     if start:
         # Restore the RNG only now: creating the loader's iterator draws from it, and the
         # checkpointed state is the one that followed that draw in the original run.
-        torch.set_rng_state(state["rng"]["torch"])
+        ranks = state["rng"].get("ranks")
+        if ctx.distributed and ranks is not None and len(ranks) == ctx.world:
+            torch.set_rng_state(ranks[ctx.rank])
+        else:
+            if ctx.distributed and ctx.main:
+                warnings.warn(
+                    f"{ckpt_path} holds no RNG state for {ctx.world} processes (saved on Ctrl-C or with another "
+                    "process count): random augmentation will not repeat exactly"
+                )
+            torch.set_rng_state(state["rng"]["torch"])
+    forward = objective
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # the frozen teacher is outside the module; student BN is synced or per rank
+            find_unused_parameters=_has_unused_parameters(objective),
+        )
     every = [(cfg.train.checkpoint_every, checkpoint)]
     if cfg.train.eval_every:
         every.append((cfg.train.eval_every, evaluate))
     teacher = getattr(objective, "teacher", None)
     if start == 0 and teacher is not None and cfg.distill.check_teacher:
-        check_teacher(teacher, cfg.distill.teacher, val_set, cfg, device, log, progress)
-    hook = analysis_hook(cfg, objective, model, val_set, log, device)
+        check_teacher(teacher, cfg.distill.teacher, val_set, cfg, device, log, progress, ctx)
+    hook = analysis_hook(cfg, objective, model, val_set, log, device) if ctx.main else None  # rank 0 measures
     if hook is not None:
         every.append((cfg.analysis.every, hook))
         if start == 0:
@@ -284,7 +353,7 @@ def train(
     loop_stats: dict = {}
     try:
         step = engine.train_loop(
-            objective,
+            forward,
             optimizer,
             scheduler,
             batches,
@@ -292,18 +361,21 @@ def train(
             max_steps=cfg.train.max_steps,
             device=device,
             clip_grad=cfg.train.clip_grad,
-            amp=cfg.train.amp,
+            amp=amp,
             log=log_train,
             log_every=cfg.train.log_every,
             every=every,
             progress=progress,
             desc=f"{kind} {os.path.basename(os.path.normpath(out_dir))}",
-            on_interrupt=checkpoint,
+            on_interrupt=lambda step: checkpoint(step, gather=False),  # no collective: other ranks may be gone
             nonfinite=cfg.train.nonfinite,
             stats=loop_stats,
+            ctx=ctx,
+            scaler=scaler,
         )
     except engine.NonFiniteLossError as e:
         kept = f"{ckpt_path} (step {load_checkpoint(ckpt_path)['step']})" if os.path.exists(ckpt_path) else "none yet"
+        distributed.cleanup()
         raise engine.NonFiniteLossError(
             f"{e}; last good checkpoint: {kept}, left as it was. Lower train.lr or train.clip_grad and "
             "rerun with --resume, or set train.nonfinite=skip to skip such steps"
@@ -322,15 +394,39 @@ def train(
         "peak_memory_mb": peak_memory_mb(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "processes": ctx.world,
         "skipped_steps": loop_stats.get("skipped_steps", 0),  # non-finite or empty batches (train.nonfinite=skip)
         # unreadable images skipped (data.bad_images=skip); counted in this process, so not with data.workers > 0
         "skipped_images": len(train_set.skipped) + len(val_set.skipped) if not cfg.data.workers else None,
     }
-    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
-        json.dump(detections, f)
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
+    if ctx.main:
+        with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
+            json.dump(detections, f)
+        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
+    distributed.barrier(ctx)
+    distributed.cleanup()
     return metrics
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0: they compute, rank 0 writes."""
+
+    def __call__(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _has_unused_parameters(objective: nn.Module) -> bool:
+    """Whether some trainable parameter gets no gradient (DDP must then look for them).
+
+    A Distiller without feature terms never uses its adapters.
+    """
+    from .distill import FEATURE_TERMS, Distiller
+
+    return isinstance(objective, Distiller) and not any(t in objective.weights for t in FEATURE_TERMS)
 
 
 # A teacher whose AP50 on the check images is below this is at chance: untrained, or not the file meant.
@@ -338,7 +434,10 @@ TEACHER_CHANCE_AP50 = 0.01
 TEACHER_CHECK_IMAGES = 64
 
 
-def check_teacher(teacher: nn.Module, name: str, val_set, cfg: Config, device, log, progress: bool = False) -> dict:
+def check_teacher(
+    teacher: nn.Module, name: str, val_set, cfg: Config, device, log, progress: bool = False,
+    ctx: distributed.Context = distributed.SINGLE,
+) -> dict:  # fmt: skip
     """Evaluate the teacher on the first val images; warn if it is at chance. Returns its metrics.
 
     A teacher that was never trained (or a checkpoint of something else) distils
@@ -347,9 +446,9 @@ def check_teacher(teacher: nn.Module, name: str, val_set, cfg: Config, device, l
     """
     loader = eval_loader(val_subset(val_set, TEACHER_CHECK_IMAGES), cfg.eval.batch_size, cfg.data.workers)
     with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws from the global RNG
-        metrics, _ = engine.evaluate(teacher, loader, device, progress, cfg.train.amp)
+        metrics, _ = engine.evaluate(teacher, loader, device, progress, False, ctx)
     log(0, {k: metrics[k] for k in ("AP", "AP50")}, prefix="teacher")
-    if not metrics["AP50"] >= TEACHER_CHANCE_AP50:  # NaN (no ground truth) also warns
+    if ctx.main and not metrics["AP50"] >= TEACHER_CHANCE_AP50:  # NaN (no ground truth) also warns
         warnings.warn(
             f"teacher {name} scores AP50 {100 * metrics['AP50']:.2f} on the first {len(loader.dataset)} "
             "validation images, at chance: it looks untrained or is not the checkpoint you meant; "

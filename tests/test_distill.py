@@ -193,3 +193,44 @@ def test_distiller_is_finite_without_objects_and_at_extreme_logits(bias):
         assert all(torch.isfinite(p.grad).all() for p in d.parameters() if p.grad is not None)
         if batch_targets is empty:
             assert losses["rm"] == 0 and losses["fi_positive"] == 0 and losses["fi_gt"] == 0
+
+
+def test_teacher_sees_the_students_input_also_at_random_training_sizes():
+    """The Distiller transforms once (the student's transform) and feeds that batch to both.
+    Single-scale this changes nothing: the teacher's outputs equal its own dense forward.
+    With model.train_sizes the student draws a short side per image; the teacher follows."""
+    teacher, student = _pair()
+    images, targets = _batch()
+    d = Distiller(teacher, student, {"rm": 1.0, "pfi": 1.0}).train()
+    seen = []
+    import rmkd.distill as D
+
+    def spy(model, imgs, tg=None, losses=True, transformed=None):
+        out = dense_forward(model, imgs, tg, losses, transformed)
+        seen.append(out)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "dense_forward", spy)
+        d(images, targets)
+    t, s = seen
+    own = dense_forward(teacher, images)
+    for a, b in zip(t.features, own.features):
+        assert torch.equal(a, b)
+    assert torch.equal(t.cls_flat, own.cls_flat)
+
+    _, ms_student = _pair(train_sizes=(40, 48, 56))
+    assert ms_student.transform.min_size == (40, 48, 56, 64)  # evaluation size last
+    d = Distiller(teacher, ms_student, {"rm": 1.0, "pfi": 1.0}).train()
+    sizes = set()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(D, "dense_forward", spy)
+        for seed in range(4):
+            torch.manual_seed(seed)
+            seen.clear()
+            losses = d(images, targets)
+            t, s = seen
+            assert t.image_sizes == s.image_sizes and t.level_sizes == s.level_sizes
+            assert all(torch.isfinite(v) for v in losses.values())
+            sizes |= {min(h, w) for h, w in s.image_sizes}
+    assert sizes - {64}  # some batches were trained at another size

@@ -5,6 +5,10 @@ is a pure function of ``(seed, step)``: epoch e is the permutation drawn from a
 generator seeded with ``seed + e``, and step s takes the next ``batch_size``
 indices of the concatenated epochs. A resumed run therefore continues from the
 exact sample where the checkpoint stopped, with no sampler state to save.
+
+Under ``torchrun`` every rank builds the same global batches and keeps its
+contiguous share (``rank`` of ``world``), so the union over ranks of one step's
+images is exactly the one-process batch of that step.
 """
 
 from __future__ import annotations
@@ -26,13 +30,19 @@ class StepBatchSampler(Sampler[list[int]]):
         seed: base seed of the per-epoch permutations.
         start_step: steps already done (0 for a fresh run).
         max_steps: last step.
+        rank, world: this process's share of each global batch of ``batch_size``
+            (``batch_size`` must divide by ``world``).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_step: int, max_steps: int):
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int, max_steps: int, rank: int = 0, world: int = 1):
         if size < 1:
             raise ValueError("the training set is empty: check data.train.annotations")
+        if batch_size % world:
+            raise ValueError(f"train.batch_size={batch_size} does not split over {world} processes; use a multiple of {world}")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start_step, self.max_steps = start_step, max_steps
+        per = batch_size // world
+        self.share = slice(rank * per, (rank + 1) * per)
 
     def __len__(self) -> int:
         return max(0, self.max_steps - self.start_step)
@@ -54,11 +64,14 @@ class StepBatchSampler(Sampler[list[int]]):
                 if offset == self.size:
                     epoch, offset = epoch + 1, 0
                     perm = self._epoch(epoch)
-            yield batch
+            yield batch[self.share]
 
 
-def train_loader(dataset, batch_size: int, seed: int, start_step: int, max_steps: int, workers: int = 0) -> DataLoader:
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, max_steps)
+def train_loader(
+    dataset, batch_size: int, seed: int, start_step: int, max_steps: int, workers: int = 0, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """Batches for steps ``start_step + 1 .. max_steps`` (this rank's share of each under torchrun)."""
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step, max_steps, rank, world)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

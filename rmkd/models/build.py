@@ -149,6 +149,7 @@ def build_detector(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
+    train_sizes: Sequence[int] = (),
 ) -> nn.Module:
     """A torchvision RetinaNet or FCOS for ``num_classes`` categories (labels 1..K).
 
@@ -160,6 +161,8 @@ def build_detector(
         head_convs: 3x3 convs (GroupNorm + ReLU) in each head branch, 1..4.
         image_size: ``S`` (images resized so the short side is S, long side <= S) or
             ``(short, max_long)``, as torchvision's ``min_size``/``max_size``.
+        train_sizes: multi-scale training: short sides drawn at random per image in
+            training (the evaluation short side is always among them); empty: off.
         anchor_sizes: base anchor size in pixels per level P3..P7 (RetinaNet; FCOS uses
             the stride as its point size and ignores this).
         weights_backbone: ``None``, ``"imagenet"`` (download) or a path to a state_dict.
@@ -179,6 +182,9 @@ def build_detector(
         min_size, max_size = image_size, image_size
     else:
         min_size, max_size = (int(v) for v in image_size)
+    if train_sizes:
+        # torchvision draws a short side per image from min_size in training and uses min_size[-1] to evaluate.
+        min_size = tuple(sorted({int(v) for v in train_sizes} - {min_size})) + (min_size,)
     body = build_backbone(backbone, fpn_channels, weights_backbone, norm)
     common = dict(
         min_size=min_size,

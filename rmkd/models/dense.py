@@ -126,7 +126,7 @@ def _losses_and_assignment(model, targets, head_outputs, anchors, anchors_per_le
 
 
 def dense_forward(
-    model: nn.Module, images: list[Tensor], targets: list[dict] | None = None, losses: bool = True
+    model: nn.Module, images: list[Tensor], targets: list[dict] | None = None, losses: bool = True, transformed=None
 ) -> DenseOutputs:
     """One forward of a torchvision RetinaNet/FCOS, keeping the dense outputs.
 
@@ -140,10 +140,15 @@ def dense_forward(
             returns in train mode).
         losses: with targets, also compute the detector's losses (False: the
             assignment only, e.g. for analysis; ``out.losses`` stays empty).
+        transformed: ``(ImageList, targets)`` already produced by a detector's
+            ``transform`` for these images (resized, normalised, batched); the
+            model's own transform is then skipped. The Distiller passes the
+            student's, so the teacher sees exactly the student's input, also
+            under multi-scale training.
     """
     family = detector_family(model)
     original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    image_list, targets_t = model.transform(images, targets)
+    image_list, targets_t = model.transform(images, targets) if transformed is None else transformed
     features = list(model.backbone(image_list.tensors).values())
     head_outputs = model.head(features)
     anchors = model.anchor_generator(image_list, features)
