@@ -58,6 +58,31 @@ TABLES = [
     ("PFI vs feature imitation on hand-picked regions", ["baseline", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi", "pfi"]),
     ("PFI with P_dif detached or not (our choice of default)", ["baseline", "pfi", "pfi_detach"]),
 ]
+# The paper's claims (COCO, AAAI 2022) as (claim, method A, relation, method B), checked by
+# claims_frame with the rule stated there.
+CLAIMS = [
+    ("RM beats the baseline", "rm", "beats", "baseline"),
+    ("PFI beats the baseline", "pfi", "beats", "baseline"),
+    ("RM+PFI beats RM alone", "rm+pfi", "beats", "rm"),
+    ("RM+PFI beats PFI alone", "rm+pfi", "beats", "pfi"),
+    ("RM beats soft-label KD", "rm", "beats", "soft_label"),
+    ("ranking by cls works at least as well as by IoU", "rm", "at least as well as", "rm_iou"),
+    ("ranking by cls works at least as well as by cls+IoU", "rm", "at least as well as", "rm_cls_iou"),
+    ("PFI beats feature imitation on the full map", "pfi", "beats", "fi_full"),
+    ("PFI beats feature imitation at positive locations", "pfi", "beats", "fi_positive"),
+    ("PFI beats feature imitation at negative locations", "pfi", "beats", "fi_negative"),
+    ("PFI beats feature imitation inside GT boxes", "pfi", "beats", "fi_gt"),
+    ("PFI beats FGFI", "pfi", "beats", "fgfi"),
+]
+MIN_SEEDS = 3
+RULE = (
+    "The rule, fixed before the study ran: A *beats* B when A's mean AP exceeds B's by more than the sum of "
+    "their standard deviations over seeds; \"A works at least as well as B\" holds unless B beats A by that rule; "
+    f"a claim is *not yet measured* while either method has fewer than {MIN_SEEDS} finished seeds. The seed fixes "
+    "the student's initialisation and data order for every method, so the table also counts in how many seeds A's "
+    "AP was above B's: that informs, it does not decide."
+)
+RM_VARIANTS = {"rm": "cls", "rm_iou": "iou", "rm_cls_iou": "cls+iou"}
 DETECTORS = {"retinanet": ("teacher.yaml", "student.yaml")}
 # No intermediate evaluations: the study needs the final AP only (about 10 s saved twice per run).
 STUDY_OVERRIDES = ["train.eval_every=0"]
@@ -248,6 +273,17 @@ def ablation_tables(frame: pd.DataFrame) -> str:
                     f"{r.AP75_mean:.1f} | {r.APs_mean:.1f} | {_signed(change)} | {_pct(r.gap_closed) if method != 'baseline' else ''} |"
                 )
             lines.append("")
+        claims = claims_frame(frame, det)
+        lines += [f"## {det}: the paper's claims", "", RULE, "", claims_markdown(claims), ""]
+        chosen = chosen_defaults(frame, det)
+        undecided = f"not decided yet (needs {MIN_SEEDS} seeds of each)"
+        rm = undecided if chosen["rm_score"] is None else f"`distill.rm_score={chosen['rm_score']}`"
+        detach = undecided if chosen["pfi_detach"] is None else f"`distill.pfi_detach={str(chosen['pfi_detach']).lower()}`"
+        lines += [
+            f"## {det}: defaults chosen by the study", "",
+            f"- RM ranks by the score with the highest mean AP of rm (cls), rm_iou, rm_cls_iou: {rm}",
+            f"- PFI detaches P_dif if pfi_detach has the higher mean AP than pfi: {detach}", "",
+        ]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -261,3 +297,133 @@ def _signed(x: float) -> str:
 
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.0f}%"
+
+
+def claims_frame(frame: pd.DataFrame, detector: str = "retinanet", min_seeds: int = MIN_SEEDS) -> pd.DataFrame:
+    """Each of :data:`CLAIMS` checked against the study's runs by :data:`RULE`.
+
+    ``paired`` counts, seed by seed, in how many seeds A's AP was above B's.
+
+    Returns one row per claim: claim, a, relation, b, n_a, n_b, mean_a, std_a,
+    mean_b, std_b, diff, margin, paired ("k of n"), verdict, note.
+    """
+    runs = frame[(frame.detector == detector) & (frame.method != "teacher")]
+    summary = summary_frame(runs).set_index("method") if len(runs) else pd.DataFrame()
+    rows = []
+    for claim, a, relation, b in CLAIMS:
+        stats = []
+        for m in (a, b):
+            r = summary.loc[m] if m in summary.index else None
+            stats.append((r.AP_mean, r.AP_std, int(r.seeds)) if r is not None else (math.nan, math.nan, 0))
+        (ma, sa, na), (mb, sb, nb) = stats
+        pa = runs[runs.method == a].set_index("seed").AP
+        pb = runs[runs.method == b].set_index("seed").AP
+        common = pa.index.intersection(pb.index)
+        paired = f"{int((pa[common] > pb[common]).sum())} of {len(common)}"
+        diff, margin = ma - mb, sa + sb
+        if min(na, nb) < min_seeds:
+            verdict, note = "not yet measured", f"needs {min_seeds} seeds of each (have {na}, {nb})"
+        else:
+            a_wins, b_wins = diff > margin, -diff > margin
+            if relation == "beats":
+                verdict = "held" if a_wins else "did not hold"
+                note = "" if a_wins else (f"the opposite held: {b} beats {a}" if b_wins else "difference within the noise margin")
+            else:
+                verdict = "did not hold" if b_wins else "held"
+                note = f"{b} beats {a}" if b_wins else (f"{a} beats {b}" if a_wins else "difference within the noise margin")
+        rows.append((claim, a, relation, b, na, nb, ma, sa, mb, sb, diff, margin, paired, verdict, note))
+    columns = ["claim", "a", "relation", "b", "n_a", "n_b", "mean_a", "std_a", "mean_b", "std_b", "diff", "margin", "paired", "verdict", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The claims frame as a markdown table (AP on 0-100)."""
+    lines = [
+        "| claim | A: mean ± std (n) | B: mean ± std (n) | difference | margin | A above B, seed by seed | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in claims.itertuples():
+        def ms(m, s, n, name):
+            return f"{name} {m:.1f} ± {_std(s)} ({n})" if n else f"{name} - (0)"
+
+        verdict = r.verdict + (f" ({r.note})" if r.note and r.verdict != "not yet measured" else "")
+        lines.append(
+            f"| {r.claim} | {ms(r.mean_a, r.std_a, r.n_a, r.a)} | {ms(r.mean_b, r.std_b, r.n_b, r.b)} | {_signed(r.diff)} | "
+            f"{'' if r.margin != r.margin else f'{r.margin:.1f}'} | {r.paired} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def chosen_defaults(frame: pd.DataFrame, detector: str = "retinanet", min_seeds: int = MIN_SEEDS) -> dict:
+    """The shipped defaults the study chooses: RM's score and PFI's P_dif detach.
+
+    ``rm_score``: the variant (cls, iou, cls+iou) with the highest mean AP;
+    ``pfi_detach``: True only if detaching P_dif has the higher mean AP. Each is
+    None while a compared method has fewer than ``min_seeds`` seeds.
+    """
+    summary = summary_frame(frame[frame.detector == detector]).set_index("method")
+
+    def mean(m):
+        return float(summary.AP_mean[m]) if m in summary.index and summary.seeds[m] >= min_seeds else None
+
+    variants = {score: mean(m) for m, score in RM_VARIANTS.items()}
+    rm_score = max(variants, key=variants.get) if all(v is not None for v in variants.values()) else None
+    pfi, detach = mean("pfi"), mean("pfi_detach")
+    pfi_detach = bool(detach > pfi) if pfi is not None and detach is not None else None
+    return {"rm_score": rm_score, "pfi_detach": pfi_detach, "rm_means": variants, "pfi_means": {"pfi": pfi, "pfi_detach": detach}}
+
+
+def readme_block(frame: pd.DataFrame, detector: str = "retinanet") -> str:
+    """The README's headline: the main ablation table and the claims' verdicts, from the CSV."""
+    summary = summary_frame(frame[frame.detector == detector]).set_index("method")
+    teacher = frame[(frame.detector == detector) & (frame.method == "teacher")].AP.mean()
+    base = summary.AP_mean.get("baseline", math.nan)
+    lines = [
+        f"Teacher {teacher:.1f} AP. Students: mean ± std over seeds of COCO AP on the embedded val split "
+        "(`docs/results/ablation.csv`, written by `rmkd reproduce`).",
+        "",
+        "| method | seeds | AP | change | gap closed |",
+        "|---|---|---|---|---|",
+    ]
+    for m in TABLES[0][1]:
+        if m not in summary.index:
+            lines.append(f"| {m} | 0 | - | | |")
+            continue
+        r = summary.loc[m]
+        extra = ("", "") if m == "baseline" else (_signed(r.AP_mean - base), _pct(r.gap_closed))
+        lines.append(f"| {m} | {int(r.seeds)} | {r.AP_mean:.1f} ± {_std(r.AP_std)} | {extra[0]} | {extra[1]} |")
+    claims = claims_frame(frame, detector)
+    counts = claims.verdict.value_counts()
+    lines += ["", f"The paper's {len(claims)} claims at this scale (rule in `rmkd.reproduce.claims_frame`): "
+              + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("held", "did not hold", "not yet measured")) + "."]
+    for verdict in ("held", "did not hold"):
+        names = claims[claims.verdict == verdict].claim.tolist()
+        if names:
+            lines.append(f"{verdict.capitalize()}: {'; '.join(names)}.")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str = "README.md", csv: str = "docs/results/ablation.csv") -> bool:
+    """Rewrite the block between ``<!-- ablation:start -->`` and ``<!-- ablation:end -->`` in
+    ``readme`` from the CSV; return whether it changed."""
+    text = Path(readme).read_text(encoding="utf-8")
+    start, end = "<!-- ablation:start -->", "<!-- ablation:end -->"
+    if start not in text or end not in text.split(start, 1)[1]:
+        raise ValueError(f"{readme}: no '{start}' ... '{end}' block to fill")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    new = f"{head}{start}\n{readme_block(pd.read_csv(csv, dtype={'weights': str}))}\n{end}{tail}"
+    Path(readme).write_text(new, encoding="utf-8")
+    return new != text
+
+
+if __name__ == "__main__":  # python -m rmkd.reproduce --readme: refresh README's headline from the CSV
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rewrite the tables from docs/results/ablation.csv without training.")
+    parser.add_argument("--csv", default="docs/results/ablation.csv")
+    parser.add_argument("--readme", nargs="?", const="README.md", default=None, help="also refresh this README's block")
+    args = parser.parse_args()
+    write_results(pd.read_csv(args.csv, dtype={"weights": str}).fillna({"weights": ""}), args.csv)
+    if args.readme:
+        print(f"{args.readme}: {'updated' if update_readme(args.readme, args.csv) else 'unchanged'}")

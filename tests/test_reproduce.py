@@ -75,3 +75,67 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     pd.testing.assert_frame_equal(
         again.drop(columns="train_seconds"), frame.drop(columns="train_seconds"), check_exact=False, atol=1e-9
     )
+
+
+def _frame(aps: dict) -> pd.DataFrame:
+    rows = [{"detector": "retinanet", "method": "teacher", "seed": 0, "AP": 40.0, "weights": ""}]
+    for method, values in aps.items():
+        for seed, ap in enumerate(values):
+            rows.append({"detector": "retinanet", "method": method, "seed": seed, "AP": ap, "weights": ""})
+    frame = pd.DataFrame(rows)
+    for m in ("AP50", "AP75", "APs", "APm", "APl"):
+        frame[m] = frame.AP
+    return frame
+
+
+def test_claims_follow_the_stated_rule():
+    from rmkd.reproduce import CLAIMS, claims_frame, claims_markdown
+
+    frame = _frame({
+        "baseline": [10, 11, 12], "rm": [20, 21, 22],  # +10 against a margin of 2: held, 3 of 3 seeds
+        "soft_label": [21, 22, 23],  # rm - soft_label = -1, margin 2: within the noise
+        "rm_iou": [5, 6, 7],  # cls at least as well as iou: held, and rm beats rm_iou
+        "rm_cls_iou": [30, 31, 32],  # cls+iou beats cls: "at least as well as" did not hold
+        "pfi": [12, 30, 13], "fi_full": [11, 12, 13],  # pfi wins on means (+3) but not beyond 10.4 + 1
+        "fgfi": [1, 2],  # two seeds only
+    })  # fmt: skip
+    c = claims_frame(frame).set_index("claim")
+    assert list(c.index) == [claim for claim, *_ in CLAIMS]
+    assert c.loc["RM beats the baseline", "verdict"] == "held" and c.loc["RM beats the baseline", "paired"] == "3 of 3"
+    assert c.loc["RM beats the baseline", "diff"] == pytest.approx(10) and c.loc["RM beats the baseline", "margin"] == pytest.approx(2)
+    assert c.loc["RM beats soft-label KD", "verdict"] == "did not hold"
+    assert "within the noise" in c.loc["RM beats soft-label KD", "note"] and c.loc["RM beats soft-label KD", "paired"] == "0 of 3"
+    assert c.loc["ranking by cls works at least as well as by IoU", "verdict"] == "held"
+    assert c.loc["ranking by cls works at least as well as by IoU", "note"] == "rm beats rm_iou"
+    assert c.loc["ranking by cls works at least as well as by cls+IoU", "verdict"] == "did not hold"
+    assert c.loc["PFI beats feature imitation on the full map", "verdict"] == "did not hold"
+    assert c.loc["PFI beats feature imitation on the full map", "paired"] == "2 of 3"
+    assert c.loc["PFI beats FGFI", "verdict"] == "not yet measured" and c.loc["PFI beats FGFI", "n_b"] == 2
+    assert c.loc["RM+PFI beats RM alone", "verdict"] == "not yet measured" and c.loc["RM+PFI beats RM alone", "n_a"] == 0
+    table = claims_markdown(claims_frame(frame))
+    assert "| RM beats the baseline | rm 21.0 ± 1.0 (3) | baseline 11.0 ± 1.0 (3) | +10.0 | 2.0 | 3 of 3 | held |" in table
+
+
+def test_defaults_are_chosen_by_mean_ap_once_every_variant_has_three_seeds():
+    from rmkd.reproduce import chosen_defaults
+
+    frame = _frame({"rm": [20, 21, 22], "rm_iou": [22, 23, 24], "rm_cls_iou": [1, 2, 3], "pfi": [5, 5, 5], "pfi_detach": [4, 4, 4]})
+    chosen = chosen_defaults(frame)
+    assert chosen["rm_score"] == "iou" and chosen["pfi_detach"] is False
+    partial = _frame({"rm": [20, 21, 22], "rm_iou": [30, 31], "rm_cls_iou": [1, 2, 3], "pfi": [5, 5, 5], "pfi_detach": [6, 6, 6]})
+    assert chosen_defaults(partial)["rm_score"] is None and chosen_defaults(partial)["pfi_detach"] is True
+
+
+def test_readme_headline_is_the_csv():
+    """README's ablation block is generated from docs/results/ablation.csv, never typed."""
+    from pathlib import Path
+
+    from rmkd.reproduce import readme_block
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    start, end = "<!-- ablation:start -->\n", "\n<!-- ablation:end -->"
+    assert start in readme and end in readme
+    block = readme.split(start)[1].split(end)[0]
+    frame = pd.read_csv(root / "docs" / "results" / "ablation.csv", dtype={"weights": str})
+    assert block == readme_block(frame), "README is stale: run python -m rmkd.reproduce --readme"
