@@ -163,7 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--teacher-set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="overrides for the teacher")
     rep.add_argument("--cache", default="data/cache", metavar="DIR", help="where trained teachers are kept (default: data/cache)")
     rep.add_argument("--quick", action="store_true", help="tiny data and budgets (numbers meaningless): checks the pipeline")
+    rep.add_argument(
+        "--no-teacher-cache", action="store_true",
+        help="run the teacher live in every step instead of computing its outputs once per image (identical results, slower)",
+    )  # fmt: skip
     _add_common(rep)
+
+    imp = sub.add_parser(
+        "import-teacher",
+        help="torchvision's COCO-trained RetinaNet/FCOS as an rmkd teacher checkpoint",
+        description=(
+            "Write torchvision's COCO-trained detector as an rmkd checkpoint (80 classes, labels in COCO's "
+            "category order, torchvision's anchors) that rmkd distill --teacher and rmkd eval read. "
+            "Downloads torchvision's weights unless --weights gives that model's state_dict."
+        ),
+    )
+    imp.add_argument("name", choices=["retinanet_resnet50_fpn", "fcos_resnet50_fpn"], help="torchvision model")
+    imp.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write, e.g. teachers/retinanet_r50_coco.pt")
+    imp.add_argument("--weights", default=None, metavar="FILE", help="the model's state_dict, instead of downloading it")
 
     demo = sub.add_parser(
         "demo",
@@ -282,6 +299,15 @@ def _dispatch(args, progress: bool) -> int:
             print(f.read())
         return 0
 
+    if args.command == "import-teacher":
+        from .models.zoo import TEACHERS, import_torchvision
+
+        cfg = import_torchvision(args.name, args.out, args.weights)
+        ap = TEACHERS[args.name][3]
+        print(f"wrote {args.out}: {cfg.model.family} {cfg.model.backbone}, {cfg.model.num_classes} classes "
+              f"(torchvision reports {ap} COCO AP); use it with rmkd distill --teacher {args.out}")
+        return 0
+
     if args.command == "reproduce":
         from .demo import QUICK
         from .reproduce import STUDY_OVERRIDES, run_study
@@ -298,6 +324,7 @@ def _dispatch(args, progress: bool) -> int:
             teacher_overrides=quick + args.teacher_set,
             cache=os.path.join(args.cache, "quick") if args.quick else args.cache,
             progress=progress,
+            teacher_cache=not args.no_teacher_cache,
         )
         with open(os.path.splitext(csv)[0] + ".md", encoding="utf-8") as f:
             print(f.read())

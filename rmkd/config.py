@@ -78,6 +78,7 @@ class ModelConfig:
     anchor_sizes: list[float] = field(default_factory=lambda: [24.0, 48.0, 96.0, 192.0, 320.0])
     scales_per_octave: int = 2
     aspect_ratios: list[float] = field(default_factory=lambda: [1.0, 1.5])  # height / width
+    anchor_floor: bool = False  # round anchor sizes down to integers, as torchvision's COCO RetinaNet
     weights_backbone: Optional[str] = None  # None, "imagenet" (download) or a file
     norm: str = "bn"  # "bn" (trainable, from scratch) or "frozen_bn" (pretrained)
     head_norm: str = "gn"  # RetinaNet head: "gn" or "none" (see rmkd.models.build_detector)
@@ -185,8 +186,9 @@ class Config:
         d = self.to_dict()
         for key in ("checkpoint_every", "log_every", "eval_every", "device", "nonfinite", "channels_last", "cudnn_benchmark"):
             d["train"].pop(key)
-        if not d["model"]["train_sizes"]:
-            d["model"].pop("train_sizes")  # keeps the keys of runs from before the option
+        for key in ("train_sizes", "anchor_floor"):
+            if not d["model"][key]:
+                d["model"].pop(key)  # keeps the keys of runs from before the option
         if not d["train"]["lr_batch"]:
             d["train"].pop("lr_batch")  # keeps the keys of runs from before the option
         if not d["train"]["amp"]:

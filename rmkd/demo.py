@@ -65,10 +65,11 @@ def finished_metrics(run_dir: str, steps: int) -> dict | None:
     return metrics if metrics.get("step") == steps else None
 
 
-def train_cached(cfg: Config, run_dir: str, progress: bool, kind: str = "teacher") -> dict:
+def train_cached(cfg: Config, run_dir: str, progress: bool, kind: str = "teacher", teacher_cache=None) -> dict:
     """Metrics of the run in ``run_dir``: reused if finished, resumed if partial, else trained.
 
-    ``kind="distill"`` distils from ``cfg.distill.teacher``; any other kind trains plainly.
+    ``kind="distill"`` distils from ``cfg.distill.teacher`` (with ``teacher_cache``
+    when given, see :mod:`rmkd.teacher_cache`); any other kind trains plainly.
     """
     from .run import distill, train
 
@@ -78,7 +79,7 @@ def train_cached(cfg: Config, run_dir: str, progress: bool, kind: str = "teacher
         return metrics
     resume = os.path.isfile(os.path.join(run_dir, "last.pt"))
     if kind == "distill":
-        distill(cfg, run_dir, resume=resume, progress=progress)
+        distill(cfg, run_dir, resume=resume, progress=progress, teacher_cache=teacher_cache)
     else:
         train(cfg, run_dir, resume=resume, progress=progress, kind=kind)
     return finished_metrics(run_dir, cfg.train.max_steps)

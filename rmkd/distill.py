@@ -102,6 +102,7 @@ class Distiller(nn.Module):
         check_pairing(teacher, student)
         self.student = student
         self._teacher = [teacher.eval().requires_grad_(False)]  # a list hides it from nn.Module's registry
+        self.teacher_cache = None  # a rmkd.teacher_cache.TeacherCache, set by the caller when valid
         self.weights = {k: float(v) for k, v in weights.items() if v}
         self.rm_score, self.rm_space, self.rm_temperature = rm_score, rm_space, rm_temperature
         self.pfi_detach, self.soft_label_temperature, self.fgfi_psi = pfi_detach, soft_label_temperature, fgfi_psi
@@ -131,7 +132,10 @@ class Distiller(nn.Module):
         # size: model.train_sizes); the teacher sees the very same input tensor.
         image_list, targets_t = self.student.transform(images, targets)
         with torch.no_grad():
-            t = dense_forward(self.teacher, images, transformed=(image_list, None))
+            if self.teacher_cache is not None:  # the same outputs, computed once per image (rmkd.teacher_cache)
+                t = self.teacher_cache.dense(self.teacher, [int(tg["image_id"]) for tg in targets], image_list)
+            else:
+                t = dense_forward(self.teacher, images, transformed=(image_list, None))
         s = dense_forward(self.student, images, targets, transformed=(image_list, targets_t))
         losses = dict(s.losses)
         if t.level_sizes != s.level_sizes or t.num_anchors != s.num_anchors:

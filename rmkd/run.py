@@ -130,6 +130,7 @@ def build_model(cfg: Config) -> nn.Module:
         nms_thresh=m.nms_thresh,
         detections_per_img=m.detections_per_img,
         train_sizes=m.train_sizes,
+        anchor_floor=m.anchor_floor,
     )
 
 
@@ -480,17 +481,28 @@ def analysis_hook(cfg: Config, objective: nn.Module, model: nn.Module, val_set, 
     )  # fmt: skip
 
 
-def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True) -> dict:
-    """``rmkd distill``: train the configured student against the frozen teacher ``cfg.distill.teacher``."""
+def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = True, teacher_cache=None) -> dict:
+    """``rmkd distill``: train the configured student against the frozen teacher ``cfg.distill.teacher``.
+
+    ``teacher_cache`` (a :class:`rmkd.teacher_cache.TeacherCache` built for this
+    teacher, training set and input size) replaces the teacher's forward in
+    training with its stored, identical outputs.
+    """
     from .distill import Distiller
 
     if not cfg.distill.teacher:
         raise ConfigError("no teacher checkpoint: pass --teacher CKPT (or set distill.teacher)")
     teacher, _ = load_model(cfg.distill.teacher)
     d = cfg.distill
+    if teacher_cache is not None:
+        from .teacher_cache import cache_key, check_cacheable
+
+        check_cacheable(cfg)
+        if teacher_cache.key != cache_key(cfg):
+            raise ConfigError(f"the teacher cache was built for {teacher_cache.key}, not for this run's {cache_key(cfg)}")
 
     def make_objective(model: nn.Module, device: torch.device) -> nn.Module:
-        return Distiller(
+        kd = Distiller(
             teacher.to(device),
             model,
             d.weights(),
@@ -501,6 +513,8 @@ def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = Tr
             soft_label_temperature=d.soft_label_temperature,
             fgfi_psi=d.fgfi_psi,
         )
+        kd.teacher_cache = teacher_cache
+        return kd
 
     return train(cfg, out_dir, resume=resume, progress=progress, make_objective=make_objective, kind="distill")
 

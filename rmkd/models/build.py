@@ -124,11 +124,17 @@ def build_anchor_generator(
     anchor_sizes: Sequence[float] = COCO_ANCHOR_SIZES,
     scales_per_octave: int = 3,
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    floor: bool = False,
 ) -> AnchorGenerator:
-    """Anchors per level: ``size * 2^(i/scales_per_octave)`` x aspect ratios (height / width)."""
+    """Anchors per level: ``size * 2^(i/scales_per_octave)`` x aspect ratios (height / width).
+
+    ``floor`` rounds each size down to an integer, as torchvision's COCO RetinaNet
+    does (40, 50 rather than 40.3, 50.8): needed to load its trained weights.
+    """
     if len(anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes needs one size per level P3..P7 (5 values), got {list(anchor_sizes)}")
-    sizes = tuple(tuple(float(s) * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)) for s in anchor_sizes)
+    rounding = (lambda v: float(int(v))) if floor else float
+    sizes = tuple(tuple(rounding(float(s) * 2 ** (i / scales_per_octave)) for i in range(scales_per_octave)) for s in anchor_sizes)
     return AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))
 
 
@@ -150,6 +156,7 @@ def build_detector(
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
     train_sizes: Sequence[int] = (),
+    anchor_floor: bool = False,
 ) -> nn.Module:
     """A torchvision RetinaNet or FCOS for ``num_classes`` categories (labels 1..K).
 
@@ -161,6 +168,7 @@ def build_detector(
         head_convs: 3x3 convs (GroupNorm + ReLU) in each head branch, 1..4.
         image_size: ``S`` (images resized so the short side is S, long side <= S) or
             ``(short, max_long)``, as torchvision's ``min_size``/``max_size``.
+        anchor_floor: anchor sizes rounded down to integers (torchvision's COCO RetinaNet).
         train_sizes: multi-scale training: short sides drawn at random per image in
             training (the evaluation short side is always among them); empty: off.
         anchor_sizes: base anchor size in pixels per level P3..P7 (RetinaNet; FCOS uses
@@ -194,7 +202,7 @@ def build_detector(
         detections_per_img=detections_per_img,
     )
     if family == "retinanet":
-        anchors = build_anchor_generator(anchor_sizes or COCO_ANCHOR_SIZES, scales_per_octave, aspect_ratios)
+        anchors = build_anchor_generator(anchor_sizes or COCO_ANCHOR_SIZES, scales_per_octave, aspect_ratios, anchor_floor)
         num_anchors = anchors.num_anchors_per_location()[0]
         if head_norm not in HEAD_NORMS:
             raise ValueError(f"unknown head_norm {head_norm!r}: choose one of {HEAD_NORMS}")
