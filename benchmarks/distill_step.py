@@ -4,7 +4,9 @@
 
 floor   = teacher forward without grad + student forward/backward/step
 distill = the same through rmkd.distill.Distiller with the KD terms on
-Both are timed interleaved on the same batch; the ratio of medians is printed.
+cached  = the Distiller reading the teacher's outputs from rmkd.teacher_cache
+          (what `rmkd reproduce` does) instead of running the teacher
+All are timed interleaved on the same batch; the ratios of medians are printed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rmkd.config import load_config  # noqa: E402
 from rmkd.distill import Distiller  # noqa: E402
 from rmkd.models import dense_forward  # noqa: E402
 from rmkd.run import build_model, build_optimizer  # noqa: E402
+from rmkd.teacher_cache import TeacherCache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +42,12 @@ def main() -> None:
     images, targets = digits_batch(s_cfg.train.batch_size)
     distiller = Distiller(teacher, student, {t: 1.0 for t in args.terms}).train()
     opt_kd = build_optimizer([p for p in distiller.parameters() if p.requires_grad], s_cfg)
+    for i, t in enumerate(targets):
+        t["image_id"] = i
+    cache = TeacherCache.build(teacher, list(zip(images, targets)), len(images), key={}, progress=False)
+    cached = Distiller(teacher, student, {t: 1.0 for t in args.terms}).train()
+    cached.teacher_cache = cache
+    opt_cached = build_optimizer([p for p in cached.parameters() if p.requires_grad], s_cfg)
     opt_floor = build_optimizer([p for p in student.parameters() if p.requires_grad], s_cfg)
 
     def floor():
@@ -55,14 +64,21 @@ def main() -> None:
         sum(losses.values()).backward()
         opt_kd.step()
 
-    times = interleaved({"floor": floor, "distill": distill}, args.repeat)
+    def distill_cached():
+        losses = cached(images, targets)
+        opt_cached.zero_grad()
+        sum(losses.values()).backward()
+        opt_cached.step()
+
+    times = interleaved({"floor": floor, "distill": distill, "cached": distill_cached}, args.repeat)
     ratio = times["distill"] / times["floor"]
     print(f"# distillation step ({'+'.join(args.terms)}) vs floor, batch {s_cfg.train.batch_size} of 64 px images read at {s_cfg.model.image_size[0]} px; {machine()}")
     print("| step | s (median) |")
     print("|---|---|")
     print(f"| floor: teacher fwd (no grad) + student fwd/bwd/step | {times['floor']:.4f} |")
     print(f"| Distiller {'+'.join(args.terms)} | {times['distill']:.4f} |")
-    print(f"overhead: {100 * (ratio - 1):+.1f}% (ratio {ratio:.3f})")
+    print(f"| Distiller {'+'.join(args.terms)}, teacher cache | {times['cached']:.4f} |")
+    print(f"overhead: {100 * (ratio - 1):+.1f}% (ratio {ratio:.3f}); teacher cache: {times['cached'] / times['distill']:.3f} of the live step")
 
 
 if __name__ == "__main__":
