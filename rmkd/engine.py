@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -96,7 +98,8 @@ def train_loop(
     steps or skips together, and logged losses are means over the ranks (the
     global batch's). ``scaler`` (fp16 autocast) scales the loss and unscales the
     gradients before clipping.
-    On Ctrl-C, ``on_interrupt(last completed step)`` runs before the interrupt propagates.
+    Ctrl-C takes effect at the end of the current step (see :func:`_sigint_at_step_end`):
+    ``on_interrupt(last completed step)`` runs, then the interrupt propagates.
     """
     if nonfinite not in NONFINITE:
         raise ValueError(f"nonfinite={nonfinite!r}: choose one of {', '.join(NONFINITE)}")
@@ -107,71 +110,105 @@ def train_loop(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(total=max_steps, initial=start_step, desc=desc, disable=not progress, dynamic_ncols=True)
     done = logged = start_step
+    updating = False  # True while the optimiser writes the weights: no checkpoint of a half-written step
     tic = time.perf_counter()
     try:
-        for step in range(start_step + 1, max_steps + 1):
-            images, targets = next(batches)
-            empty = not images
-            if empty and ctx.distributed:
-                # A blank image without objects keeps this rank in step with the others (all skip).
-                images, targets = [torch.zeros(3, 32, 32)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
-            losses = _losses(objective, images, targets, device, amp) if images else None
-            total = sum(losses.values()) if losses is not None else None
-            finite = total is not None and bool(torch.isfinite(total))
-            ok = distributed.all_true(finite and not empty, ctx, device)  # every rank steps or none does
-            if not ok:
-                if empty:
-                    warnings.warn(f"step {step}: every image of the batch was skipped as unreadable; step skipped")
+        with _sigint_at_step_end() as sigint:
+            for step in range(start_step + 1, max_steps + 1):
+                images, targets = next(batches)
+                empty = not images
+                if empty and ctx.distributed:
+                    # A blank image without objects keeps this rank in step with the others (all skip).
+                    images, targets = [torch.zeros(3, 32, 32)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+                losses = _losses(objective, images, targets, device, amp) if images else None
+                total = sum(losses.values()) if losses is not None else None
+                finite = total is not None and bool(torch.isfinite(total))
+                ok = distributed.all_true(finite and not empty, ctx, device)  # every rank steps or none does
+                if not ok:
+                    if empty:
+                        warnings.warn(f"step {step}: every image of the batch was skipped as unreadable; step skipped")
+                    else:
+                        where = "" if not finite else " on another process"
+                        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                        in_a_row += 1
+                        if nonfinite == "stop" or in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                            row = f" ({in_a_row} in a row)" if nonfinite == "skip" else ""
+                            raise NonFiniteLossError(f"non-finite loss{where} at step {step}{row}: {terms}")
+                        warnings.warn(f"non-finite loss{where} at step {step}: {terms}; step skipped (train.nonfinite=skip)")
+                    if ctx.distributed:
+                        # DDP expects the backward of every forward; its (discarded) gradients change nothing.
+                        (total * 0).backward()
+                        optimizer.zero_grad(set_to_none=True)
+                    # Leave the weights alone but keep the schedule a function of the step.
+                    scheduler.step()
+                    stats["skipped_steps"] += 1
                 else:
-                    where = "" if not finite else " on another process"
-                    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                    in_a_row += 1
-                    if nonfinite == "stop" or in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                        row = f" ({in_a_row} in a row)" if nonfinite == "skip" else ""
-                        raise NonFiniteLossError(f"non-finite loss{where} at step {step}{row}: {terms}")
-                    warnings.warn(f"non-finite loss{where} at step {step}: {terms}; step skipped (train.nonfinite=skip)")
-                if ctx.distributed:
-                    # DDP expects the backward of every forward; its (discarded) gradients change nothing.
-                    (total * 0).backward()
+                    in_a_row = 0
                     optimizer.zero_grad(set_to_none=True)
-                # Leave the weights alone but keep the schedule a function of the step.
-                scheduler.step()
-                stats["skipped_steps"] += 1
-            else:
-                in_a_row = 0
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    total.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
-                    optimizer.step()
-                else:  # fp16: scaled loss, unscaled gradients for clipping
-                    scaler.scale(total).backward()
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
-                    scaler.step(optimizer)
-                    scaler.update()
-                scheduler.step()
-            done = step  # the weights now hold this step: an interrupt from here saves it
-            if ok and log is not None and (step % log_every == 0 or step == max_steps):
-                elapsed = time.perf_counter() - tic
-                mean = distributed.mean_over_ranks({**losses, "loss": total}, ctx)  # the global batch's losses
-                record = {k: v.item() for k, v in mean.items() if k != "loss"}
-                record.update(loss=mean["loss"].item(), grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
-                record["sec_per_step"] = elapsed / (step - logged)
-                log(step, record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                tic, logged = time.perf_counter(), step
-            bar.update(1)
-            for period, fn in every:
-                if period and step % period == 0:
-                    fn(step)
+                    if scaler is None:
+                        total.backward()
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+                        updating = True
+                        optimizer.step()
+                    else:  # fp16: scaled loss, unscaled gradients for clipping
+                        scaler.scale(total).backward()
+                        scaler.unscale_(optimizer)
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
+                        updating = True
+                        scaler.step(optimizer)
+                        scaler.update()
+                    scheduler.step()
+                    updating = False
+                done = step  # the weights now hold this step: an interrupt from here saves it
+                if ok and log is not None and (step % log_every == 0 or step == max_steps):
+                    elapsed = time.perf_counter() - tic
+                    mean = distributed.mean_over_ranks({**losses, "loss": total}, ctx)  # the global batch's losses
+                    record = {k: v.item() for k, v in mean.items() if k != "loss"}
+                    record.update(loss=mean["loss"].item(), grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"])
+                    record["sec_per_step"] = elapsed / (step - logged)
+                    log(step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                    tic, logged = time.perf_counter(), step
+                bar.update(1)
+                for period, fn in every:
+                    if period and step % period == 0:
+                        fn(step)
+                if sigint["received"]:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
-        if on_interrupt is not None and done > start_step:
+        if on_interrupt is not None and done > start_step and not updating:
             on_interrupt(done)
         raise
     bar.close()
     return done
+
+
+@contextlib.contextmanager
+def _sigint_at_step_end():
+    """Ctrl-C (SIGINT) sets a flag that the loop reads at the end of the step.
+
+    A KeyboardInterrupt raised wherever Python happens to be could stop the
+    optimiser half-way through writing the weights; deferring it to the step's
+    end keeps the saved checkpoint a whole step. A second Ctrl-C interrupts at
+    once (a long evaluation, say), and then no checkpoint of a half-written step
+    is saved. Outside the main thread signals cannot be handled: nothing changes.
+    """
+    state = {"received": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        if state["received"]:
+            raise KeyboardInterrupt
+        state["received"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _losses(objective, images, targets, device, amp) -> dict | None:
