@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Train the configured student with its detection losses plus weighted KD terms against a frozen "
             "teacher checkpoint. Terms (weights in the distill section, 0 = off): rm, pfi, soft_label, fi_full, "
             "fi_positive, fi_negative, fi_gt, fgfi; default rm=4 pfi=1.5. Options: distill.rm_score "
-            "(cls|iou|cls+iou), distill.rm_space (prob|logit), distill.rm_temperature, distill.pfi_detach. "
+            "(cls|iou|cls+iou; default cls+iou, the ablation study's choice), distill.rm_space (prob|logit), distill.rm_temperature, distill.pfi_detach. "
             "Same run folder as 'rmkd train'; evaluate the result with 'rmkd eval'."
         ),
     )
