@@ -2,8 +2,8 @@
 
 rmkd has no launcher of its own. ``torchrun --nproc_per_node=N -m rmkd.cli train ...``
 (or several nodes with the usual ``--nnodes/--node_rank/--rdzv_*`` flags) starts N
-processes with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`setup` reads
-them and joins the process group (NCCL on GPUs, gloo on CPU, so the same code is
+processes with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set; :func:`from_env` reads
+them and :func:`setup` joins the process group (NCCL on GPUs, gloo on CPU, so the same code is
 tested on a laptop). Without those variables everything here is a no-op for one
 process, and single-process runs are unchanged bit for bit.
 
@@ -61,19 +61,15 @@ def from_env() -> Context:
     return Context(rank, world, local)
 
 
-def setup(device: torch.device) -> Context:
-    """Join the process group if ``torchrun`` started us; return the context.
+def setup(ctx: Context, device: torch.device) -> None:
+    """Join the process group if ``torchrun`` started us (``ctx`` from :func:`from_env`).
 
     ``device`` decides the backend: NCCL for CUDA, gloo otherwise. Idempotent.
     """
-    ctx = from_env()
-    if not ctx.distributed:
-        return SINGLE
-    if not dist.is_initialized():
+    if ctx.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         # A long timeout: rank 0 may evaluate or analyse while the others wait at the next collective.
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
-    return ctx
 
 
 def cleanup() -> None:

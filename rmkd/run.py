@@ -215,7 +215,7 @@ def train(
     ckpt_path = os.path.join(out_dir, "last.pt")
     ctx = distributed.from_env()
     device = resolve_device(distributed.local_device(cfg.train.device, ctx))
-    ctx = distributed.setup(device)
+    distributed.setup(ctx, device)
     if cfg.train.batch_size % ctx.world:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over "

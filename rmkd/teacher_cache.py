@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
-from .models import dense_forward
+from .models import dense_forward, detector_family
 from .models.dense import DenseOutputs
 
 
@@ -114,8 +114,6 @@ class TeacherCache:
         anchors = teacher.anchor_generator(image_list, features)
         locations = sum(f.shape[-2] * f.shape[-1] for f in features)
         sizes = [tuple(s) for s in image_list.image_sizes]
-        from .models import detector_family
-
         return DenseOutputs(
             family=detector_family(teacher),
             features=features,
