@@ -20,7 +20,6 @@ Prints a table and writes the figures as JSON (``--out``), with the device's nam
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
+from rmkd import jsonio  # noqa: E402
 from rmkd.config import load_config  # noqa: E402
 from rmkd.distill import Distiller  # noqa: E402
 from rmkd.engine import autocast  # noqa: E402
@@ -178,7 +178,7 @@ def main() -> None:
             "agreement_pass": worst < 1e-3, "floor_s": floor, "distill_s": kd, "ratio": kd / floor,
             "images_per_s": args.batch / kd, "peak_mib": {"floor": floor_mem, "distill": kd_mem},
         }  # fmt: skip
-        Path(args.out).write_text(json.dumps(figures, indent=2))
+        Path(args.out).write_text(jsonio.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
+
+from . import jsonio  # what a command prints is strict JSON too: a NaN metric as null, as in metrics.json
 
 CONFIG_HELP = (
     "YAML config; its keys override the defaults (see configs/*.yaml and rmkd/config.py). "
@@ -92,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the configured student with its detection losses plus weighted KD terms against a frozen "
             "teacher checkpoint. Terms (weights in the distill section, 0 = off): rm, pfi, soft_label, fi_full, "
-            "fi_positive, fi_negative, fi_gt, fgfi; default rm=4 pfi=1.5. Options: distill.rm_score "
-            "(cls|iou|cls+iou; default cls+iou, the ablation study's choice), distill.rm_space (prob|logit), distill.rm_temperature, distill.pfi_detach. "
+            "fi_full_level, fi_positive, fi_negative, fi_gt, fgfi; default rm=4 pfi=1.5 (the paper's). Options: "
+            "distill.rm_score (cls|iou|cls+iou, the mean of both KLs; default cls, the paper's), distill.rm_space "
+            "(prob|logit), distill.rm_temperature, distill.pfi_detach. "
             "Same run folder as 'rmkd train'; evaluate the result with 'rmkd eval'."
         ),
     )
@@ -147,17 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's ablations on the embedded benchmark over several seeds (resumable)",
         description=(
             "Train the teacher once (cached), then the student with each method over each seed on the same "
-            "step budget: baseline, soft_label, rm, rm_iou, rm_cls_iou, pfi, rm+pfi, fi_full, fi_positive, "
-            "fi_negative, fi_gt, fgfi, pfi_detach. Finished runs are skipped and partial ones resumed, so rerunning the "
-            "command continues a killed study. Writes the CSV (detector, method, seed, AP, AP50, AP75, APs, "
-            "APm, APl, ...) and the paper-style tables beside it (.md) after every run. The full study is "
-            "about 39 runs of 3-6 minutes on a 2-core CPU; --quick is a pipeline check in minutes."
+            "step budget (rmkd.reproduce.METHODS: baseline, rm, pfi, rm+pfi, soft_label, the paper's own weights, "
+            "RM variants, feature-imitation controls), 6 seeds for the main methods and RM rows, 3 for the others. "
+            "Every KD weight follows one rule (equal gradient norm with 1.5 PFI, computed once: calibration.json). "
+            "Finished runs are skipped and partial ones resumed, so rerunning the command continues a killed study. "
+            "Writes the CSV (detector, method, seed, AP, ..., weights, machine, rank_tau) and the tables beside it "
+            "(.md) after every run, and prints the paired-claims table (same-seed differences, 95% CIs, Holm). "
+            "--quick is a pipeline check in minutes."
         ),
     )
     rep.add_argument("--out", default="runs/reproduce", metavar="DIR", help="run folders (default: runs/reproduce)")
     rep.add_argument("--csv", default=None, metavar="FILE", help="results CSV (default: docs/results/ablation.csv; with --quick DIR/ablation.csv)")
     rep.add_argument("--methods", nargs="+", metavar="M", help="subset of methods (default: all)")
-    rep.add_argument("--seeds", nargs="+", type=int, metavar="S", help="student seeds (default: 0 1 2)")
+    rep.add_argument("--seeds", nargs="+", type=int, metavar="S", help="the same student seeds for every method (default: 6 or 3 per method, rmkd.reproduce.SEEDS)")
     rep.add_argument("--detectors", nargs="+", metavar="D", help="detectors (default: retinanet)")
     rep.add_argument("--set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="overrides for every student, e.g. train.max_steps=200 for a quicker look")
     rep.add_argument("--teacher-set", metavar="KEY=VALUE", nargs="+", action="extend", default=[], help="overrides for the teacher")
@@ -256,7 +260,7 @@ def _dispatch(args, progress: bool) -> int:
             s = cfg.data.synth
             s.out, s.num_train, s.num_val = args.out, args.num_train, args.num_val
             s.image_size, s.seed = args.image_size, args.seed
-            print(json.dumps(data_splits(cfg, progress, overwrite=args.overwrite), indent=2))
+            print(jsonio.dumps(data_splits(cfg, progress, overwrite=args.overwrite), indent=2))
         else:
             from .data import voc_to_coco
 
@@ -270,7 +274,7 @@ def _dispatch(args, progress: bool) -> int:
 
         cfg = load_config(args.config, args.set)
         metrics = train(cfg, args.out, resume=args.resume, progress=progress)
-        print(json.dumps(metrics, indent=2))
+        print(jsonio.dumps(metrics, indent=2))
         return 0
 
     if args.command == "distill":
@@ -281,14 +285,14 @@ def _dispatch(args, progress: bool) -> int:
         if args.teacher:
             cfg.distill.teacher = args.teacher  # a path, never parsed as YAML
         metrics = distill(cfg, args.out, resume=args.resume, progress=progress)
-        print(json.dumps(metrics, indent=2))
+        print(jsonio.dumps(metrics, indent=2))
         return 0
 
     if args.command == "eval":
         from .run import evaluate_checkpoint
 
         metrics = evaluate_checkpoint(args.checkpoint, args.out, args.set, progress)
-        print(json.dumps(metrics, indent=2))
+        print(jsonio.dumps(metrics, indent=2))
         return 0
 
     if args.command == "analyze":

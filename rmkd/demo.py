@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import jsonio
 from .config import Config, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -60,8 +61,7 @@ def finished_metrics(run_dir: str, steps: int) -> dict | None:
     done = os.path.join(run_dir, "metrics.json")
     if not os.path.isfile(done):
         return None
-    with open(done, encoding="utf-8") as f:
-        metrics = json.load(f)
+    metrics = read_metrics(done)
     return metrics if metrics.get("step") == steps else None
 
 
@@ -94,8 +94,13 @@ def _fresh_train(cfg: Config, run_dir: str, progress: bool, kind: str) -> dict:
         distill(cfg, run_dir, progress=progress)
     else:
         train(cfg, run_dir, progress=progress, kind=kind)
-    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
-        return json.load(f)
+    return read_metrics(os.path.join(run_dir, "metrics.json"))
+
+
+def read_metrics(path: str) -> dict:
+    """A run's ``metrics.json``, with the metrics written as ``null`` back as NaN (not measurable)."""
+    with open(path, encoding="utf-8") as f:
+        return jsonio.nan_for_none(json.load(f))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -242,15 +247,12 @@ def run_demo(
         f"RM+PFI changes the student by {kd_ap - s_ap:+.1f} AP ({closed} of the gap).\n"
     )
     print("[5/5] analysis: rank agreement and the F_dif / P_dif gap of both pairs")
-    from .analysis.report import nan_to_none
-
     analysis = analyze_pairs(t_dir, out, progress)
     text += "\n" + analysis_text(analysis)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
         f.write(text)
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"teacher_dir": t_dir, "rows": rows, "analysis": nan_to_none(analysis)}, f, indent=2)
+    jsonio.write(os.path.join(out, "summary.json"), {"teacher_dir": t_dir, "rows": rows, "analysis": analysis}, indent=2)
     print()
     print(text)
     return rows

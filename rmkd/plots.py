@@ -32,6 +32,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import kendalltau
 
+from . import jsonio
+
 SIZES = ("small", "medium", "large")  # COCO's order (rmkd.analysis.collect.SIZES)
 GT_COLOR = "#39ff14"
 MODEL_COLORS = {"teacher": "#1f77b4", "student": "#ff7f0e"}
@@ -93,7 +95,8 @@ def _draw_gts(ax, gt: pd.DataFrame, only: int | None = None) -> None:
 
 
 def _level_name(level: int, stride: int) -> str:
-    return f"P{3 + int(level)} (stride {int(stride)})"
+    """``P{l} (stride 2^l)``: named by its stride, so P2..P6 detectors read right too."""
+    return f"P{int(stride).bit_length() - 1} (stride {int(stride)})"
 
 
 def _gt_row(detail, gt_index: int) -> pd.Series:
@@ -408,7 +411,7 @@ def _read_jsonl(path: str, prefix: str) -> list[dict]:
         seen.update(k for k in record if k not in ("step", "time"))
         if isinstance(record.get(prefix), dict):
             rows.append({"step": record.get("step"), **({"time": record["time"]} if "time" in record else {}),
-                         **record[prefix]})
+                         **jsonio.nan_for_none(record[prefix])})
     if not rows:
         found = ", ".join(sorted(seen)) or "nothing"
         raise ValueError(f"{path}: no '{prefix}' records (it holds: {found})")

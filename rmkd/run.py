@@ -8,11 +8,13 @@
     metrics.jsonl   one JSON line per logged step / evaluation
     metrics.json    final COCO metrics on the val split
     detections.json final detections on the val split (COCO result format)
+
+The JSON files are strict JSON (:mod:`rmkd.jsonio`): a metric that is NaN (e.g.
+``APl`` without large objects) is written as ``null``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import resource
@@ -21,11 +23,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from . import distributed, engine
+from . import distributed, engine, jsonio
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, load_config, save_config
 from .data import CocoDetection, detection_transforms, make_synthetic
@@ -131,6 +134,7 @@ def build_model(cfg: Config) -> nn.Module:
         detections_per_img=m.detections_per_img,
         train_sizes=m.train_sizes,
         anchor_floor=m.anchor_floor,
+        min_level=m.min_level,
     )
 
 
@@ -172,7 +176,7 @@ def build_scheduler(optimizer, cfg: Config):
 
 
 class MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl`` (and TensorBoard scalars when installed)."""
+    """Appends strict JSON lines to ``metrics.jsonl`` (and TensorBoard scalars when installed)."""
 
     def __init__(self, out_dir: str):
         self.path = os.path.join(out_dir, "metrics.jsonl")
@@ -186,7 +190,7 @@ class MetricsLog:
 
     def __call__(self, step: int, record: dict, prefix: str = "train") -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "time": round(time.time(), 3), prefix: record}) + "\n")
+            f.write(jsonio.dumps({"step": step, "time": round(time.time(), 3), prefix: record}) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)):
@@ -195,6 +199,92 @@ class MetricsLog:
     def close(self):
         if self.tb is not None:
             self.tb.close()
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0: they compute, rank 0 writes."""
+
+    def __call__(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------ train
+#
+# train() reads top-down: _set_up builds the parts, _resume loads last.pt into them,
+# _open_run_folder starts writing, _batches draws the data (and only then restores the RNG),
+# _periodic_jobs lists what the loop calls every N steps, _loop trains, _write_out ends the run.
+# A TrainingRun holds the parts that the checkpoint, the evaluation and the write-out share.
+
+
+@dataclass
+class TrainingRun:
+    """One invocation of :func:`train`: the parts it set up and the jobs the loop calls on them."""
+
+    cfg: Config
+    out_dir: str
+    kind: str  # "train", "distill", ...: recorded in last.pt, shown on the progress bar
+    ctx: distributed.Context
+    device: torch.device
+    progress: bool  # only rank 0 draws progress bars
+    train_set: object  # CocoDetection
+    val_set: object  # CocoDetection
+    model: nn.Module  # the detector being trained
+    objective: nn.Module  # its forward gives the losses; holds the model (and e.g. KD adapters)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    amp: bool | str  # False, "bf16" or "fp16" (CUDA only)
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    start: int = 0  # the step resumed from (0: a fresh run)
+    log: object = field(default_factory=_NoLog)  # MetricsLog on rank 0 once the folder is open
+    val_loader: object = None
+    step_times: list[float] = field(default_factory=list)  # sec_per_step of each logged step
+    clock_step: int = 0  # the step train_seconds was last advanced to
+    train_seconds: float = 0.0  # training time without evaluation, for learning curves
+
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.out_dir, "last.pt")
+
+    def log_train(self, step: int, record: dict) -> None:
+        """The loop's log: the record plus the training time so far."""
+        self.step_times.append(record["sec_per_step"])
+        self.train_seconds += record["sec_per_step"] * (step - self.clock_step)
+        self.clock_step = step
+        self.log(step, {**record, "train_seconds": round(self.train_seconds, 2)})
+
+    def checkpoint(self, step: int, gather: bool = True) -> None:
+        """Write ``last.pt`` (rank 0) at ``step``, with the RNG state of every rank.
+
+        With ``gather`` this is a collective: every rank calls it at the same step.
+        """
+        rng = {"torch": torch.get_rng_state()}
+        if self.ctx.distributed and gather:
+            rng["ranks"] = distributed.gather(rng["torch"], self.ctx)
+        if not self.ctx.main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "objective": objective_extra(self.objective),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": step,
+            "config": self.cfg.to_dict(),
+            "kind": self.kind,
+            "rng": rng,
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        save_checkpoint(state, self.ckpt_path)
+
+    def evaluate(self, step: int) -> tuple[dict, list[dict]]:
+        """``(metrics, detections)`` on the val split, logged as ``eval``; the training RNG is untouched."""
+        with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws from the global RNG
+            metrics, detections = engine.evaluate(self.model, self.val_loader, self.device, self.progress, self.amp, self.ctx)
+        self.log(step, {**metrics, "train_seconds": round(self.train_seconds, 2)}, prefix="eval")
+        return metrics, detections
 
 
 def train(
@@ -212,7 +302,22 @@ def train(
     optimiser's; its state other than the model (e.g. adapters) is checkpointed too.
     """
     os.makedirs(out_dir, exist_ok=True)
-    ckpt_path = os.path.join(out_dir, "last.pt")
+    run = _set_up(cfg, out_dir, progress, make_objective, kind)
+    state = _resume(run, resume)
+    _open_run_folder(run)
+    batches = _batches(run, state)
+    forward = _for_ddp(run)
+    every, hook = _periodic_jobs(run)
+    step, loop_stats, loop_seconds = _loop(run, forward, batches, every)
+    return _write_out(run, step, hook, loop_stats, loop_seconds)
+
+
+def _set_up(cfg: Config, out_dir: str, progress: bool, make_objective, kind: str) -> TrainingRun:
+    """Process group, device, data, model, objective, optimiser and schedule, in this order.
+
+    The order is part of the run: the initial weights (and any adapters) are drawn
+    from the RNG seeded here, so a rerun with the same seed repeats them.
+    """
     ctx = distributed.from_env()
     device = resolve_device(distributed.local_device(cfg.train.device, ctx))
     distributed.setup(ctx, device)
@@ -223,15 +328,39 @@ def train(
         )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-    progress = progress and ctx.main
     seed_everything(cfg.seed)
     if cfg.analysis.every and make_objective is None and not cfg.analysis.teacher:
         raise ConfigError("analysis.every is set but there is no teacher to compare with: set analysis.teacher=CKPT")
+    progress = progress and ctx.main
+    train_set, val_set = _datasets(cfg, ctx, progress)
+    model = _student(cfg, ctx, device)
+    objective = (make_objective or (lambda m, d: engine.DetectionLoss(m)))(model, device).to(device)
+    optimizer = build_optimizer([p for p in objective.parameters() if p.requires_grad], cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    if ctx.rank > 0:
+        # Same initial weights on every rank (seeded above; DDP also copies rank 0's), but each
+        # rank its own stream for random augmentation, so the ranks do not flip the same images.
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+    amp = (cfg.train.amp_dtype if cfg.train.amp else False) if device.type == "cuda" else False
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return TrainingRun(
+        cfg=cfg, out_dir=out_dir, kind=kind, ctx=ctx, device=device, progress=progress, train_set=train_set,
+        val_set=val_set, model=model, objective=objective, optimizer=optimizer, scheduler=scheduler, amp=amp, scaler=scaler,
+    )  # fmt: skip
+
+
+def _datasets(cfg: Config, ctx: distributed.Context, progress: bool):
+    """``(train set, val set)``; rank 0 generates the embedded data set while the others wait."""
     if not ctx.main:
-        distributed.barrier(ctx)  # rank 0 generates the embedded data set first
+        distributed.barrier(ctx)
     train_set, val_set = build_datasets(cfg, progress)
     if ctx.main:
         distributed.barrier(ctx)
+    return train_set, val_set
+
+
+def _student(cfg: Config, ctx: distributed.Context, device: torch.device) -> nn.Module:
+    """The detector to train, on ``device`` (BatchNorm synced over GPUs under torchrun)."""
     model = build_model(cfg)
     if ctx.distributed and cfg.model.norm == "bn":
         if device.type == "cuda":
@@ -241,183 +370,183 @@ def train(
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    objective = (make_objective or (lambda m, d: engine.DetectionLoss(m)))(model, device).to(device)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    if ctx.rank > 0:
-        # Same initial weights on every rank (seeded above; DDP also copies rank 0's), but each
-        # rank its own stream for random augmentation, so the ranks do not flip the same images.
-        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
-    amp = (cfg.train.amp_dtype if cfg.train.amp else False) if device.type == "cuda" else False
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    return model
 
-    start = 0
-    if resume and os.path.exists(ckpt_path):
-        state = load_checkpoint(ckpt_path)
-        if load_config(base=state.get("config", {})).to_dict()["model"] != cfg.to_dict()["model"]:
-            raise ConfigError(f"{ckpt_path} was trained with another model config; resume with the same config")
-        model.load_state_dict(state["model"])
-        # adapters and other trainable state of the objective outside the detector
-        objective.load_state_dict({**objective.state_dict(), **state.get("objective", {})})
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
-        if ctx.main:
-            print(f"resuming {out_dir} from step {start}", file=sys.stderr)
-    elif not resume and os.path.exists(ckpt_path):
-        raise ConfigError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
-    distributed.barrier(ctx)  # every rank has checked (and read) last.pt before rank 0 writes anything
-    if ctx.main:
-        save_config(cfg, os.path.join(out_dir, "config.yaml"))
 
-    log = MetricsLog(out_dir) if ctx.main else _NoLog()
-    step_times: list[float] = []
-    clock = {"step": start, "train_seconds": 0.0}  # training time without evaluation, for learning curves
+def _resume(run: TrainingRun, resume: bool) -> dict | None:
+    """Load ``last.pt`` into the run's parts and set ``run.start``; return the checkpoint (None: fresh).
 
-    def log_train(step: int, record: dict) -> None:
-        step_times.append(record["sec_per_step"])
-        clock["train_seconds"] += record["sec_per_step"] * (step - clock["step"])
-        clock["step"] = step
-        log(step, {**record, "train_seconds": round(clock["train_seconds"], 2)})
+    A folder that holds a run is only continued when asked (``resume``), and only
+    with the model config it was trained with.
+    """
+    path = run.ckpt_path
+    if not os.path.exists(path):
+        return None
+    if not resume:
+        raise ConfigError(f"{run.out_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    state = load_checkpoint(path)
+    if load_config(base=state.get("config", {})).to_dict()["model"] != run.cfg.to_dict()["model"]:
+        raise ConfigError(f"{path} was trained with another model config; resume with the same config")
+    run.model.load_state_dict(state["model"])
+    # adapters and other trainable state of the objective outside the detector
+    run.objective.load_state_dict({**run.objective.state_dict(), **state.get("objective", {})})
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
+    run.start = run.clock_step = int(state["step"])
+    if run.ctx.main:
+        print(f"resuming {run.out_dir} from step {run.start}", file=sys.stderr)
+    return state
 
-    def checkpoint(step: int, gather: bool = True) -> None:
-        rng = {"torch": torch.get_rng_state()}
-        if ctx.distributed and gather:  # a collective: every rank calls checkpoint at the same step
-            rng["ranks"] = distributed.gather(rng["torch"], ctx)
-        if not ctx.main:
-            return
-        state = {
-            "model": model.state_dict(),
-            "objective": objective_extra(objective),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "config": cfg.to_dict(),
-            "kind": kind,
-            "rng": rng,
-        }
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        save_checkpoint(state, ckpt_path)
 
-    val_loader = eval_loader(val_subset(val_set, cfg.data.val_limit), cfg.eval.batch_size, cfg.data.workers)
+def _open_run_folder(run: TrainingRun) -> None:
+    """Rank 0 writes ``config.yaml`` and opens ``metrics.jsonl``; the val loader is made."""
+    distributed.barrier(run.ctx)  # every rank has checked (and read) last.pt before rank 0 writes anything
+    if run.ctx.main:
+        save_config(run.cfg, os.path.join(run.out_dir, "config.yaml"))
+        run.log = MetricsLog(run.out_dir)
+    run.val_loader = eval_loader(val_subset(run.val_set, run.cfg.data.val_limit), run.cfg.eval.batch_size, run.cfg.data.workers)
 
-    def evaluate(step: int) -> dict:
-        with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws from the global RNG
-            metrics, detections = engine.evaluate(model, val_loader, device, progress, amp, ctx)
-        log(step, {**metrics, "train_seconds": round(clock["train_seconds"], 2)}, prefix="eval")
-        return metrics, detections
 
-    batches = iter(
-        train_loader(
-            train_set, cfg.train.batch_size, cfg.seed, start, cfg.train.max_steps, cfg.data.workers, ctx.rank, ctx.world
+def _batches(run: TrainingRun, state: dict | None):
+    """The iterator of this rank's training batches from step ``run.start + 1`` on.
+
+    A resumed run restores the RNG only after creating it: creating the loader's
+    iterator draws from the RNG, and the checkpointed state is the one that followed
+    that draw in the original run.
+    """
+    cfg, ctx = run.cfg, run.ctx
+    t = cfg.train
+    batches = iter(train_loader(run.train_set, t.batch_size, cfg.seed, run.start, t.max_steps, cfg.data.workers, ctx.rank, ctx.world))
+    if state is not None and run.start:
+        _restore_rng(run, state["rng"])
+    return batches
+
+
+def _restore_rng(run: TrainingRun, rng: dict) -> None:
+    """This rank's RNG state from the checkpoint (rank 0's when it holds none per rank)."""
+    ctx, ranks = run.ctx, rng.get("ranks")
+    if ctx.distributed and ranks is not None and len(ranks) == ctx.world:
+        torch.set_rng_state(ranks[ctx.rank])
+        return
+    if ctx.distributed and ctx.main:
+        warnings.warn(
+            f"{run.ckpt_path} holds no RNG state for {ctx.world} processes (saved on Ctrl-C or with another "
+            "process count): random augmentation will not repeat exactly"
         )
+    torch.set_rng_state(rng["torch"])
+
+
+def _for_ddp(run: TrainingRun) -> nn.Module:
+    """The objective the loop calls: wrapped in DistributedDataParallel under torchrun."""
+    if not run.ctx.distributed:
+        return run.objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        run.objective,
+        device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        broadcast_buffers=False,  # the frozen teacher is outside the module; student BN is synced or per rank
+        find_unused_parameters=_has_unused_parameters(run.objective),
     )
-    if start:
-        # Restore the RNG only now: creating the loader's iterator draws from it, and the
-        # checkpointed state is the one that followed that draw in the original run.
-        ranks = state["rng"].get("ranks")
-        if ctx.distributed and ranks is not None and len(ranks) == ctx.world:
-            torch.set_rng_state(ranks[ctx.rank])
-        else:
-            if ctx.distributed and ctx.main:
-                warnings.warn(
-                    f"{ckpt_path} holds no RNG state for {ctx.world} processes (saved on Ctrl-C or with another "
-                    "process count): random augmentation will not repeat exactly"
-                )
-            torch.set_rng_state(state["rng"]["torch"])
-    forward = objective
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(
-            objective,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # the frozen teacher is outside the module; student BN is synced or per rank
-            find_unused_parameters=_has_unused_parameters(objective),
-        )
-    every = [(cfg.train.checkpoint_every, checkpoint)]
+
+def _periodic_jobs(run: TrainingRun):
+    """``(every, hook)``: the loop's ``(period, fn)`` jobs and the analysis hook (or None).
+
+    A fresh run first checks the teacher and takes the hook's step-0 measurement.
+    """
+    cfg = run.cfg
+    every = [(cfg.train.checkpoint_every, run.checkpoint)]
     if cfg.train.eval_every:
-        every.append((cfg.train.eval_every, evaluate))
-    teacher = getattr(objective, "teacher", None)
-    if start == 0 and teacher is not None and cfg.distill.check_teacher:
-        check_teacher(teacher, cfg.distill.teacher, val_set, cfg, device, log, progress, ctx)
-    hook = analysis_hook(cfg, objective, model, val_set, log, device) if ctx.main else None  # rank 0 measures
+        every.append((cfg.train.eval_every, run.evaluate))
+    teacher = getattr(run.objective, "teacher", None)
+    if run.start == 0 and teacher is not None and cfg.distill.check_teacher:
+        check_teacher(teacher, cfg.distill.teacher, run.val_set, cfg, run.device, run.log, run.progress, run.ctx)
+    # rank 0 measures
+    hook = analysis_hook(cfg, run.objective, run.model, run.val_set, run.log, run.device) if run.ctx.main else None
     if hook is not None:
         every.append((cfg.analysis.every, hook))
-        if start == 0:
+        if run.start == 0:
             hook(0)
+    return every, hook
+
+
+def _loop(run: TrainingRun, forward: nn.Module, batches, every) -> tuple[int, dict, float]:
+    """Train to ``train.max_steps``; ``(last step, loop stats, wall seconds of the loop)``.
+
+    Ctrl-C saves the last completed step (no collective: other ranks may be gone); a
+    non-finite loss leaves the last checkpoint as it was and says how to go on.
+    """
+    cfg = run.cfg
     tic = time.perf_counter()
     loop_stats: dict = {}
     try:
         step = engine.train_loop(
             forward,
-            optimizer,
-            scheduler,
+            run.optimizer,
+            run.scheduler,
             batches,
-            start_step=start,
+            start_step=run.start,
             max_steps=cfg.train.max_steps,
-            device=device,
+            device=run.device,
             clip_grad=cfg.train.clip_grad,
-            amp=amp,
-            log=log_train,
+            amp=run.amp,
+            log=run.log_train,
             log_every=cfg.train.log_every,
             every=every,
-            progress=progress,
-            desc=f"{kind} {os.path.basename(os.path.normpath(out_dir))}",
-            on_interrupt=lambda step: checkpoint(step, gather=False),  # no collective: other ranks may be gone
+            progress=run.progress,
+            desc=f"{run.kind} {os.path.basename(os.path.normpath(run.out_dir))}",
+            on_interrupt=lambda step: run.checkpoint(step, gather=False),
             nonfinite=cfg.train.nonfinite,
             stats=loop_stats,
-            ctx=ctx,
-            scaler=scaler,
+            ctx=run.ctx,
+            scaler=run.scaler,
         )
     except engine.NonFiniteLossError as e:
-        kept = f"{ckpt_path} (step {load_checkpoint(ckpt_path)['step']})" if os.path.exists(ckpt_path) else "none yet"
+        path = run.ckpt_path
+        kept = f"{path} (step {load_checkpoint(path)['step']})" if os.path.exists(path) else "none yet"
         distributed.cleanup()
         raise engine.NonFiniteLossError(
             f"{e}; last good checkpoint: {kept}, left as it was. Lower train.lr or train.clip_grad and "
             "rerun with --resume, or set train.nonfinite=skip to skip such steps"
         ) from None
     finally:
-        log.close()
-    train_seconds = time.perf_counter() - tic
-    checkpoint(step)
+        run.log.close()
+    return step, loop_stats, time.perf_counter() - tic
+
+
+def _write_out(run: TrainingRun, step: int, hook, loop_stats: dict, loop_seconds: float) -> dict:
+    """Final checkpoint, measurement and evaluation; rank 0 writes ``detections.json`` and ``metrics.json``."""
+    run.checkpoint(step)
     if hook is not None:
         hook(step)
-    metrics, detections = evaluate(step)
-    summary = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(train_seconds, 1),  # this invocation only (a resumed run counts from resume)
-        "sec_per_step_median": float(statistics.median(step_times)) if step_times else float("nan"),
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "processes": ctx.world,
-        "skipped_steps": loop_stats.get("skipped_steps", 0),  # non-finite or empty batches (train.nonfinite=skip)
-        # unreadable images skipped (data.bad_images=skip); counted in this process, so not with data.workers > 0
-        "skipped_images": len(train_set.skipped) + len(val_set.skipped) if not cfg.data.workers else None,
-    }
-    if ctx.main:
-        with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
-            json.dump(detections, f)
-        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, **metrics, "train_summary": summary}, f, indent=2)
-    distributed.barrier(ctx)
+    metrics, detections = run.evaluate(step)
+    summary = _train_summary(run, loop_stats, loop_seconds)
+    if run.ctx.main:
+        jsonio.write(os.path.join(run.out_dir, "detections.json"), detections)
+        jsonio.write(os.path.join(run.out_dir, "metrics.json"), {"step": step, **metrics, "train_summary": summary}, indent=2)
+    distributed.barrier(run.ctx)
     distributed.cleanup()
     return metrics
 
 
-class _NoLog:
-    """The metrics log of ranks other than 0: they compute, rank 0 writes."""
-
-    def __call__(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _train_summary(run: TrainingRun, loop_stats: dict, loop_seconds: float) -> dict:
+    """``metrics.json``'s ``train_summary``: size, speed, memory and what was skipped."""
+    cfg = run.cfg
+    return {
+        "params": sum(p.numel() for p in run.model.parameters()),
+        "train_seconds": round(loop_seconds, 1),  # this invocation only (a resumed run counts from resume)
+        "sec_per_step_median": float(statistics.median(run.step_times)) if run.step_times else float("nan"),
+        "peak_memory_mb": peak_memory_mb(run.device),
+        "device": str(run.device),
+        "threads": torch.get_num_threads(),
+        "processes": run.ctx.world,
+        "skipped_steps": loop_stats.get("skipped_steps", 0),  # non-finite or empty batches (train.nonfinite=skip)
+        # unreadable images skipped (data.bad_images=skip); counted in this process, so not with data.workers > 0
+        "skipped_images": len(run.train_set.skipped) + len(run.val_set.skipped) if not cfg.data.workers else None,
+    }
 
 
 def _has_unused_parameters(objective: nn.Module) -> bool:
@@ -495,24 +624,11 @@ def distill(cfg: Config, out_dir: str, resume: bool = False, progress: bool = Tr
     teacher, _ = load_model(cfg.distill.teacher)
     d = cfg.distill
     if teacher_cache is not None:
-        from .teacher_cache import cache_key, check_cacheable
-
-        check_cacheable(cfg)
-        if teacher_cache.key != cache_key(cfg):
-            raise ConfigError(f"the teacher cache was built for {teacher_cache.key}, not for this run's {cache_key(cfg)}")
+        # The cache checks itself: rmkd.teacher_cache builds on this module, not the other way round.
+        teacher_cache.check_fits(cfg)
 
     def make_objective(model: nn.Module, device: torch.device) -> nn.Module:
-        kd = Distiller(
-            teacher.to(device),
-            model,
-            d.weights(),
-            rm_score=d.rm_score,
-            rm_space=d.rm_space,
-            rm_temperature=d.rm_temperature,
-            pfi_detach=d.pfi_detach,
-            soft_label_temperature=d.soft_label_temperature,
-            fgfi_psi=d.fgfi_psi,
-        )
+        kd = Distiller.from_config(teacher.to(device), model, d)
         kd.teacher_cache = teacher_cache
         return kd
 
@@ -551,8 +667,6 @@ def evaluate_checkpoint(checkpoint: str, out_dir: str | None = None, overrides: 
     # A folder beside the checkpoint by default, so the training run's own metrics.json stays.
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "eval")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "detections.json"), "w", encoding="utf-8") as f:
-        json.dump(detections, f)
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
+    jsonio.write(os.path.join(out_dir, "detections.json"), detections)
+    jsonio.write(os.path.join(out_dir, "metrics.json"), metrics, indent=2)
     return metrics

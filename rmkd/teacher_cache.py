@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .config import Config, ConfigError
 from .models import dense_forward, detector_family
 from .models.dense import DenseOutputs
+from .run import build_datasets, data_splits, load_model
 
 
 def check_cacheable(cfg: Config) -> None:
@@ -35,8 +36,6 @@ def check_cacheable(cfg: Config) -> None:
 
 def cache_key(cfg: Config) -> dict:
     """What a cache is valid for: the teacher file, the training images and the input size."""
-    from .run import data_splits
-
     splits = data_splits(cfg, progress=False)
     return {
         "teacher": cfg.distill.teacher,
@@ -48,8 +47,6 @@ def cache_key(cfg: Config) -> dict:
 
 def build_for(cfg: Config, progress: bool = True) -> TeacherCache:
     """The cache for ``cfg``'s teacher over ``cfg``'s training set (checked cacheable)."""
-    from .run import build_datasets, load_model
-
     check_cacheable(cfg)
     teacher, _ = load_model(cfg.distill.teacher)
     train_set, _ = build_datasets(cfg, progress=False)
@@ -60,12 +57,23 @@ class TeacherCache:
     """Per training image id: the teacher's FPN features and flat head outputs.
 
     Build with :meth:`build`; :meth:`dense` assembles a batch's :class:`DenseOutputs`.
-    ``key`` names what the cache was computed for; a run checks it matches.
+    ``key`` names what the cache was computed for; a run checks it matches
+    (:meth:`check_fits`).
     """
 
     def __init__(self, outputs: dict[int, dict[str, object]], key: dict):
         self.outputs = outputs
         self.key = key
+
+    def check_fits(self, cfg: Config) -> None:
+        """A one-line :class:`ConfigError` unless this cache is valid for the run ``cfg`` describes.
+
+        :func:`rmkd.run.distill` calls it on the cache it is handed, so that ``rmkd.run``
+        needs nothing from this module (the import goes one way: this module uses ``rmkd.run``).
+        """
+        check_cacheable(cfg)
+        if self.key != cache_key(cfg):
+            raise ConfigError(f"the teacher cache was built for {self.key}, not for this run's {cache_key(cfg)}")
 
     @classmethod
     @torch.no_grad()

@@ -266,7 +266,7 @@ class LevelSelector(_Display):
 
     def _set_levels(self) -> None:
         maps = self.detail.maps
-        options = [(f"P{3 + int(m['level'])} (stride {int(m['stride'])})", int(m["level"])) for m in maps]
+        options = [(plots._level_name(m["level"], m["stride"]), int(m["level"])) for m in maps]
         keep = self.level.value if self.level.value in [v for _, v in options] else options[0][1]
         self._refreshing = True
         try:

@@ -13,7 +13,7 @@ from torchvision.ops import boxes as box_ops
 from rmkd import candidates as C
 from rmkd.analysis import collect, fit_adapter, gap_statistics, kept_detections, size_class, summarize
 from rmkd.config import load_config
-from rmkd.data import CocoDetection, make_synthetic
+from rmkd.data import CocoDetection
 from rmkd.data.loader import eval_loader
 from rmkd.models import build_detector, dense_forward, postprocess
 

@@ -191,3 +191,24 @@ def test_a_32_wide_head_runs_on_one_image(family):
         pair = dense_forward(model, images)
         one = dense_forward(model, images[:1])  # P7 is 1x1: one value per GroupNorm group
     torch.testing.assert_close(one.head_outputs["cls_logits"][0], pair.head_outputs["cls_logits"][0], atol=1e-3, rtol=1e-4)
+
+
+def test_p2_p6_reads_64px_natively():
+    """min_level=2: five levels of strides 4..64 (a 64 px image gets a 16x16 finest grid), anchors
+    tiling each level, and the levels named by stride in the figures."""
+    from rmkd.plots import _level_name
+
+    torch.manual_seed(0)
+    kw = dict(anchor_sizes=(12, 24, 48, 96, 160), scales_per_octave=2, aspect_ratios=(1.0, 1.5), image_size=64)
+    model = build_detector("retinanet", "resnet18", 3, fpn_channels=16, head_convs=1, min_level=2, **kw)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 24.0]]), "labels": torch.tensor([1])}] * 2
+    dense = dense_forward(model, images, targets)
+    assert dense.level_sizes == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert dense.anchors[0].shape[0] == sum(h * w for h, w in dense.level_sizes) * 4
+    assert torch.isfinite(sum(dense.losses.values()))
+    p3 = build_detector("retinanet", "resnet18", 3, fpn_channels=16, head_convs=1, **kw)
+    assert dense_forward(p3, images, targets).level_sizes == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    assert _level_name(0, 4) == "P2 (stride 4)" and _level_name(4, 128) == "P7 (stride 128)"
+    with pytest.raises(ValueError, match="min_level"):
+        build_detector("retinanet", "resnet18", 3, min_level=4)

@@ -14,14 +14,13 @@ each other moved from it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import pandas as pd
-import torch
 from torch import nn
 
+from .. import jsonio
 from ..checkpoint import load_checkpoint
 from ..config import ConfigError
 from .collect import collect, summarize
@@ -121,21 +120,11 @@ def analyze(
     _write(instances, os.path.join(out_dir, "instances"), fmt)
     _write(levels, os.path.join(out_dir, "levels"), fmt)
     figures = _figures(instances, collections, out_dir)
-    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(nan_to_none({"teacher": teacher, "students": students, "summary": summaries}), f, indent=2)
+    jsonio.write(os.path.join(out_dir, "summary.json"), {"teacher": teacher, "students": students, "summary": summaries}, indent=2)
     text = summary_markdown(summaries, instances, levels, figures)
     with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return summaries
-
-
-def nan_to_none(x):
-    """NaN -> null, so strict JSON readers accept the file."""
-    if isinstance(x, dict):
-        return {k: nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
 
 
 def _write(frame: pd.DataFrame, stem: str, fmt: str) -> None:

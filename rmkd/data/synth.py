@@ -25,6 +25,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.transform import resize
 
+from .. import jsonio
+
 FORMAT_VERSION = 1  # bump when the generator changes, so old caches are rejected
 EMPTY_FRACTION = 0.03  # share of images with no digit (detectors must cope)
 VAL_SHARE = 0.2  # share of the handwriting samples held out for val
@@ -166,7 +168,7 @@ def _make_split(name, n, rng, glyphs, labels, pool, photos, out_dir, p, bar):
             "categories": [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]}
     ann_path = os.path.join(out_dir, "annotations", f"{name}.json")
     with open(ann_path, "w") as f:
-        json.dump(coco, f)
+        jsonio.dump(coco, f)
     return {"images": img_dir, "annotations": ann_path}
 
 
@@ -261,5 +263,5 @@ def make_synthetic(out_dir="data/digits", *, num_train=4000, num_val=500, image_
         if bar is not None:
             bar.close()
     with open(meta_path, "w") as f:  # written last: a half-made set is never "cached"
-        json.dump(p, f, indent=2)
+        jsonio.dump(p, f, indent=2)
     return result

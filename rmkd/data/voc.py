@@ -5,10 +5,11 @@ they are relative to the VOCdevkit folder, so pass that folder as ``images``
 to :class:`rmkd.data.coco.CocoDetection`.
 """
 
-import json
 import os
 import re
 import xml.etree.ElementTree as ET
+
+from .. import jsonio
 
 # Standard VOC order; category id = 1 + index.
 VOC_CLASSES = (
@@ -126,5 +127,5 @@ def voc_to_coco(voc_root, image_set="trainval", out_json=None, years=None, skip_
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
         with open(out_json, "w", encoding="utf-8") as f:
-            json.dump(coco, f)
+            jsonio.dump(coco, f)
     return coco

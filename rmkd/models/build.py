@@ -32,7 +32,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 FAMILIES = ("retinanet", "fcos")
 BACKBONES = {
@@ -42,6 +42,9 @@ BACKBONES = {
     "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
 }
 NORMS = ("bn", "frozen_bn")
+# The finest FPN level: 3 gives P3..P7 (RetinaNet, FCOS); 2 gives P2..P6, stride 4 to 64,
+# which reads small images natively (a 64 px image gets the 16x16 grid that P3 has at 128 px).
+MIN_LEVELS = (2, 3)
 HEAD_NORMS = ("gn", "none")
 # COCO defaults: one anchor size per level P3..P7 (torchvision's RetinaNet).
 COCO_ANCHOR_SIZES = (32, 64, 128, 256, 512)
@@ -92,15 +95,21 @@ def build_backbone(
     fpn_channels: int = 256,
     weights=None,
     norm: str = "bn",
+    min_level: int = 3,
 ) -> BackboneWithFPN:
-    """ResNet + FPN returning P3..P7 (P6, P7 computed from P5, as in RetinaNet/FCOS).
+    """ResNet + FPN returning five levels.
 
-    Output: an ``OrderedDict`` of 5 maps ``[B, fpn_channels, H/2^l, W/2^l]``, l = 3..7.
+    ``min_level=3``: P3..P7 from C3..C5, with P6 and P7 computed from C5 (RetinaNet/FCOS).
+    ``min_level=2``: P2..P6 from C2..C5, with P6 a stride-2 subsample of P5
+    (torchvision's ``LastLevelMaxPool``, as its Faster R-CNN FPN).
+    Output: an ``OrderedDict`` of 5 maps ``[B, fpn_channels, H/2^l, W/2^l]``, l = min_level..min_level+4.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}: choose one of {sorted(BACKBONES)}")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}: choose one of {NORMS}")
+    if min_level not in MIN_LEVELS:
+        raise ValueError(f"unknown min_level {min_level!r}: choose one of {MIN_LEVELS}")
     norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
     body = BACKBONES[backbone][0](weights=None, norm_layer=norm_layer)
     state = _load_backbone_weights(backbone, weights)
@@ -111,6 +120,14 @@ def build_backbone(
                 f"backbone weights do not fit {backbone}: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
     c3 = body.inplanes // 4  # channels of layer2 output (C3): 128 for resnet18/34, 512 for resnet50/101
+    if min_level == 2:
+        return BackboneWithFPN(
+            body,
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=[c3 // 2, c3, c3 * 2, c3 * 4],
+            out_channels=fpn_channels,
+            extra_blocks=LastLevelMaxPool(),
+        )
     return BackboneWithFPN(
         body,
         return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
@@ -132,7 +149,7 @@ def build_anchor_generator(
     does (40, 50 rather than 40.3, 50.8): needed to load its trained weights.
     """
     if len(anchor_sizes) != 5:
-        raise ValueError(f"anchor_sizes needs one size per level P3..P7 (5 values), got {list(anchor_sizes)}")
+        raise ValueError(f"anchor_sizes needs one size per FPN level (5 values), got {list(anchor_sizes)}")
     rounding = (lambda v: float(int(v))) if floor else float
     sizes = tuple(tuple(rounding(float(s) * 2 ** (i / scales_per_octave)) for i in range(scales_per_octave)) for s in anchor_sizes)
     return AnchorGenerator(sizes, (tuple(float(r) for r in aspect_ratios),) * len(sizes))
@@ -157,6 +174,7 @@ def build_detector(
     detections_per_img: int = 100,
     train_sizes: Sequence[int] = (),
     anchor_floor: bool = False,
+    min_level: int = 3,
 ) -> nn.Module:
     """A torchvision RetinaNet or FCOS for ``num_classes`` categories (labels 1..K).
 
@@ -169,9 +187,10 @@ def build_detector(
         image_size: ``S`` (images resized so the short side is S, long side <= S) or
             ``(short, max_long)``, as torchvision's ``min_size``/``max_size``.
         anchor_floor: anchor sizes rounded down to integers (torchvision's COCO RetinaNet).
+        min_level: finest FPN level, 3 (P3..P7) or 2 (P2..P6; see :func:`build_backbone`).
         train_sizes: multi-scale training: short sides drawn at random per image in
             training (the evaluation short side is always among them); empty: off.
-        anchor_sizes: base anchor size in pixels per level P3..P7 (RetinaNet; FCOS uses
+        anchor_sizes: base anchor size in pixels per level (five levels from ``min_level``; RetinaNet; FCOS uses
             the stride as its point size and ignores this).
         weights_backbone: ``None``, ``"imagenet"`` (download) or a path to a state_dict.
         norm: backbone normalisation, ``"bn"`` (trainable) or ``"frozen_bn"``.
@@ -193,7 +212,7 @@ def build_detector(
     if train_sizes:
         # torchvision draws a short side per image from min_size in training and uses min_size[-1] to evaluate.
         min_size = tuple(sorted({int(v) for v in train_sizes} - {min_size})) + (min_size,)
-    body = build_backbone(backbone, fpn_channels, weights_backbone, norm)
+    body = build_backbone(backbone, fpn_channels, weights_backbone, norm, min_level)
     common = dict(
         min_size=min_size,
         max_size=max_size,
@@ -216,15 +235,17 @@ def build_detector(
     else:
         if fpn_channels % 32:
             raise ValueError(f"fcos heads use GroupNorm(32, C): fpn_channels must be a multiple of 32, got {fpn_channels}")
-        # FCOS: one "anchor" per location whose size is the level's stride (8..128), as in
-        # torchvision's fcos_resnet50_fpn; its matcher derives scale ranges from that size.
-        anchors = AnchorGenerator(tuple((2**level,) for level in range(3, 8)), ((1.0,),) * 5)
+        # FCOS: one "anchor" per location whose size is the level's stride (8..128 for P3..P7), as
+        # in torchvision's fcos_resnet50_fpn; its matcher derives scale ranges from that size.
+        levels = range(min_level, min_level + 5)
+        anchors = AnchorGenerator(tuple((2**level,) for level in levels), ((1.0,),) * 5)
         head = FCOSHead(fpn_channels, 1, num_classes + 1, num_convs=head_convs)
         model = FCOS(body, num_classes + 1, anchor_generator=anchors, head=head, **common)
     for m in model.modules():
         if type(m) is nn.GroupNorm:  # FCOSHead builds its own: same fix, same parameters
             m.__class__ = GroupNorm
     model.rmkd_family = family
+    model.rmkd_min_level = min_level
     model.rmkd_num_classes = num_classes
     return model
 
