@@ -6,10 +6,11 @@ the student's detection losses plus each weighted KD term, so every term is
 logged on its own. Term names are the study's method names:
 
 =============  =========================================================
-``rm``         Rank Mimicking (``rm_score``: cls, iou or cls+iou)
+``rm``         Rank Mimicking (``rm_score``: cls, iou or cls+iou, the mean of both KLs)
 ``pfi``        Prediction-guided Feature Imitation
 ``soft_label`` soft-label KD on every non-ignored anchor's class outputs
 ``fi_full``    feature imitation over the whole map
+``fi_full_level`` ... with PFI's per-level normalisation (mean per level, then over levels)
 ``fi_positive`` ... at locations with a positive anchor
 ``fi_negative`` ... at locations whose anchors are all background
 ``fi_gt``      ... at locations inside GT boxes
@@ -31,8 +32,8 @@ from . import losses as L
 from .models import dense_forward, detector_family
 from .models.build import detector_num_classes
 
-TERMS = ("rm", "pfi", "soft_label", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi")
-FEATURE_TERMS = ("pfi", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi")
+TERMS = ("rm", "pfi", "soft_label", "fi_full", "fi_full_level", "fi_positive", "fi_negative", "fi_gt", "fgfi")
+FEATURE_TERMS = ("pfi", "fi_full", "fi_full_level", "fi_positive", "fi_negative", "fi_gt", "fgfi")
 
 
 class PairingError(ValueError):
@@ -69,7 +70,8 @@ class Distiller(nn.Module):
     Args:
         teacher, student: torchvision RetinaNet/FCOS with the same anchor layout.
         weights: ``{term: weight}``, terms in :data:`TERMS`; missing terms are off.
-        rm_score: ``"cls"``, ``"iou"`` or ``"cls+iou"`` (sum of the two KLs).
+        rm_score: ``"cls"``, ``"iou"`` or ``"cls+iou"`` (the mean of the two KLs, so the
+            term keeps the scale of one).
         rm_space: ``"prob"`` (sigmoid probabilities, as the paper states) or ``"logit"``.
         rm_temperature: T of the rank softmax.
         pfi_detach: stop the gradient through P_dif.
@@ -112,6 +114,12 @@ class Distiller(nn.Module):
         make = (lambda: nn.Conv2d(s_ch, t_ch, kernel_size=1)) if t_ch != s_ch else nn.Identity
         self.adapters = nn.ModuleList(make() for _ in range(levels))
 
+    @classmethod
+    def from_config(cls, teacher: nn.Module, student: nn.Module, d) -> "Distiller":
+        """From a ``distill`` config section (:class:`rmkd.config.DistillConfig`): its weights and options."""
+        options = ("rm_score", "rm_space", "rm_temperature", "pfi_detach", "soft_label_temperature", "fgfi_psi")
+        return cls(teacher, student, d.weights(), **{k: getattr(d, k) for k in options})
+
     @property
     def teacher(self) -> nn.Module:
         return self._teacher[0]
@@ -153,11 +161,12 @@ class Distiller(nn.Module):
         if term == "rm":
             c = cands.positive_candidates(s)
             total = s.features[0].new_zeros(())
-            for score in self.rm_score.split("+"):
+            scores = self.rm_score.split("+")
+            for score in scores:
                 t_scores = cands.candidate_scores(self.teacher, t, c, score, self.rm_space)
                 s_scores = cands.candidate_scores(self.student, s, c, score, self.rm_space)
                 total = total + L.rank_mimicking(t_scores, s_scores, c.instance, self.rm_temperature)
-            return total
+            return total / len(scores)
         if term == "pfi":
             return L.prediction_guided_feature_imitation(t.features, s_feats, t.cls_logits, s.cls_logits, self.pfi_detach)
         if term == "soft_label":
@@ -165,6 +174,8 @@ class Distiller(nn.Module):
             return L.soft_label_kd(t.cls_flat, s.cls_flat, self.soft_label_temperature, keep)
         if term == "fi_full":
             return L.feature_imitation(t.features, s_feats)
+        if term == "fi_full_level":
+            return L.feature_imitation(t.features, s_feats, per_level=True)
         masks = {
             "fi_positive": cands.positive_mask,
             "fi_negative": cands.negative_mask,

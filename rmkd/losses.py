@@ -95,27 +95,33 @@ def prediction_guided_feature_imitation(
     return total / len(s_feats)
 
 
-def feature_imitation(t_feats: list[Tensor], s_feats: list[Tensor], masks: list[Tensor] | None = None) -> Tensor:
+def feature_imitation(
+    t_feats: list[Tensor], s_feats: list[Tensor], masks: list[Tensor] | None = None, per_level: bool = False
+) -> Tensor:
     """Masked feature imitation: sum of F_dif over chosen locations / number chosen.
 
     Args:
         t_feats, s_feats: per level ``[B, C, H, W]`` (student already adapted).
         masks: per level ``[B, H, W]`` bool or float weights; None imitates every
-            location (the "full map" baseline). Counts pool over all levels, so a
-            level weighs by how many locations it contributes. No chosen location
-            gives 0.
+            location (the "full map" baseline). No chosen location gives 0.
+        per_level: False (the baselines as published): counts pool over all levels, so
+            a level weighs by how many locations it contributes. True: PFI's
+            normalisation, ``(1/L) sum_l`` of each level's own masked mean, so one
+            coarse-level cell weighs as much as many fine-level cells (the control
+            that separates PFI's weighting from its normalisation).
     """
     _check_levels(t_feats, s_feats)
     num = s_feats[0].new_zeros(())
     den = s_feats[0].new_zeros(())
+    total = s_feats[0].new_zeros(())
     for level, (tf, sf) in enumerate(zip(t_feats, s_feats)):
         f_dif = feature_difference(tf, sf)  # [B, H, W]
-        if masks is None:
-            num, den = num + f_dif.sum(), den + f_dif.numel()
+        w = torch.ones_like(f_dif) if masks is None else masks[level].to(f_dif.dtype)
+        if per_level:
+            total = total + (f_dif * w).sum() / w.sum().clamp(min=1.0)
         else:
-            w = masks[level].to(f_dif.dtype)
             num, den = num + (f_dif * w).sum(), den + w.sum()
-    return num / den.clamp(min=1.0)
+    return total / len(s_feats) if per_level else num / den.clamp(min=1.0)
 
 
 def soft_label_kd(t_cls_logits: Tensor, s_cls_logits: Tensor, temperature: float = 1.0, weights: Tensor | None = None) -> Tensor:

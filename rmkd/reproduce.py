@@ -1,19 +1,20 @@
 """``rmkd reproduce``: the paper's ablations on the embedded benchmark, resumable.
 
 For each detector, the teacher is trained once (cached like the demo's), then
-the student is trained with every method over several seeds, all on the same
-step budget. A run folder per (detector, method, seed) under ``--out``; a
-finished run (``metrics.json`` at the full step count) is skipped, a partial
-one resumes from its ``last.pt``, so a killed study picks up where it stopped.
-After every run the CSV (``detector, method, seed, AP, AP50, AP75, APs, APm,
-APl``, ...) and the markdown tables beside it are rewritten.
+the student is trained with every method over its seeds, all on the same step
+budget. A run folder per (detector, method, seed) under ``--out``; a finished
+run (``metrics.json`` at the full step count) is skipped, a partial one resumes
+from its ``last.pt``, so a killed study picks up where it stopped. After every
+run the CSV (``detector, method, seed, AP, ..., weights, machine, rank_tau``)
+and the markdown beside it are rewritten.
 
-Weights. RM (4) and PFI (1.5) use the defaults of the public reimplementations
-(DESIGN.md). The baselines have no agreed weight at this scale, so each gets
-"equal initial pull": its weight makes its value on the first training batches
-equal to 1.5 PFI's there (``calibration.json`` records the raw values and
-weights). The seed changes the student's initialisation and data order; the
-teacher is the same for every run.
+Weights: one rule for every method (:mod:`rmkd.weighting`): each term's weight
+gives it the gradient norm of 1.5 PFI on the student at the start of training,
+computed once per study (``calibration.json``). The paper's own weights (RM 4,
+PFI 1.5) are rows of their own (``rm_paper``, ``rm+pfi_paper``). The seed
+changes the student's initialisation and data order and is shared by every
+method, so methods are compared through same-seed differences
+(:func:`rmkd.claims.paired_claims`). The teacher is the same for every run.
 """
 
 from __future__ import annotations
@@ -27,69 +28,88 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import jsonio
+from .claims import ALPHA, MARGIN, claims_markdown, paired_claims
 from .config import Config, ConfigError, load_config
 from .distill import TERMS
+from .weighting import DEFAULT_OPTIONS, TERM_OPTIONS, calibrate, variant_key
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 PAPER_WEIGHTS = {"rm": 4.0, "pfi": 1.5}
-CALIBRATED = ("soft_label", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi")
+RULE = "rule"  # a weight set by the study's weighting rule (rmkd.weighting)
 # method -> the distill section it trains with (weights left out here are 0); None = plain training.
 # Ordered so that a study stopped early has the paper's main ablation complete first.
 METHODS: dict[str, dict | None] = {
     "baseline": None,
-    "rm": {"rm": 4.0},
-    "pfi": {"pfi": 1.5},
-    "rm+pfi": {"rm": 4.0, "pfi": 1.5},
-    "soft_label": {"soft_label": "calibrated"},
-    "rm_iou": {"rm": 4.0, "rm_score": "iou"},
-    "rm_cls_iou": {"rm": 4.0, "rm_score": "cls+iou"},
-    "fi_full": {"fi_full": "calibrated"},
-    "fi_positive": {"fi_positive": "calibrated"},
-    "fi_negative": {"fi_negative": "calibrated"},
-    "fi_gt": {"fi_gt": "calibrated"},
-    "fgfi": {"fgfi": "calibrated"},
-    "pfi_detach": {"pfi": 1.5, "pfi_detach": True},  # P_dif without gradient (the paper does not say)
+    "rm": {"rm": RULE},
+    "pfi": {"pfi": RULE},  # the rule's reference: 1.5 by definition
+    "rm+pfi": {"rm": RULE, "pfi": RULE},
+    "soft_label": {"soft_label": RULE},
+    "rm_paper": {"rm": 4.0},
+    "rm+pfi_paper": {"rm": 4.0, "pfi": 1.5},
+    "rm_iou": {"rm": RULE, "rm_score": "iou"},
+    "rm_cls_iou": {"rm": RULE, "rm_score": "cls+iou"},
+    "rm_t0.25": {"rm": RULE, "rm_temperature": 0.25},
+    "rm_t0.1": {"rm": RULE, "rm_temperature": 0.1},
+    "fi_full": {"fi_full": RULE},
+    "fi_full_level": {"fi_full_level": RULE},
+    "soft_label+fi_full": {"soft_label": RULE, "fi_full": RULE},
+    "fi_positive": {"fi_positive": RULE},
+    "fi_negative": {"fi_negative": RULE},
+    "fi_gt": {"fi_gt": RULE},
+    "fgfi": {"fgfi": RULE},
+    "pfi_detach": {"pfi": RULE, "pfi_detach": True},  # P_dif without gradient (the paper does not say)
 }
+# Seeds per method: the main comparisons and every RM row get 6, the other controls 3.
+MAIN_METHODS = ("baseline", "soft_label", "rm", "pfi", "rm+pfi", "rm_paper", "rm_iou", "rm_cls_iou", "rm_t0.25", "rm_t0.1")
+SEEDS = {m: 6 if m in MAIN_METHODS else 3 for m in METHODS}
 # The paper's tables, as (title, methods) over the study's rows.
 TABLES = [
     ("RM and PFI (the paper's Table 1 ablation)", ["baseline", "rm", "pfi", "rm+pfi"]),
-    ("Soft-label KD vs RM", ["baseline", "soft_label", "rm"]),
+    ("The paper's own weights (RM 4, PFI 1.5)", ["baseline", "rm_paper", "pfi", "rm+pfi_paper"]),
+    ("Soft-label KD vs RM; the dense baselines together", ["baseline", "soft_label", "rm", "soft_label+fi_full", "rm+pfi"]),
     ("What RM ranks by: classification score, IoU, both", ["baseline", "rm", "rm_iou", "rm_cls_iou"]),
-    ("PFI vs feature imitation on hand-picked regions", ["baseline", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi", "pfi"]),
-    ("PFI with P_dif detached or not (our choice of default)", ["baseline", "pfi", "pfi_detach"]),
+    ("RM sharpened: temperature in probability space", ["baseline", "rm", "rm_t0.25", "rm_t0.1"]),
+    ("PFI vs feature imitation on hand-picked regions", ["baseline", "fi_full", "fi_full_level", "fi_positive", "fi_negative", "fi_gt", "fgfi", "pfi"]),
+    ("PFI with P_dif detached or not", ["baseline", "pfi", "pfi_detach"]),
 ]
-# The paper's claims (COCO, AAAI 2022) as (claim, method A, relation, method B), checked by
-# claims_frame with the rule stated there.
-CLAIMS = [
-    ("RM beats the baseline", "rm", "beats", "baseline"),
-    ("PFI beats the baseline", "pfi", "beats", "baseline"),
-    ("RM+PFI beats RM alone", "rm+pfi", "beats", "rm"),
-    ("RM+PFI beats PFI alone", "rm+pfi", "beats", "pfi"),
-    ("RM beats soft-label KD", "rm", "beats", "soft_label"),
-    ("ranking by cls works at least as well as by IoU", "rm", "at least as well as", "rm_iou"),
-    ("ranking by cls works at least as well as by cls+IoU", "rm", "at least as well as", "rm_cls_iou"),
-    ("PFI beats feature imitation on the full map", "pfi", "beats", "fi_full"),
-    ("PFI beats feature imitation at positive locations", "pfi", "beats", "fi_positive"),
-    ("PFI beats feature imitation at negative locations", "pfi", "beats", "fi_negative"),
-    ("PFI beats feature imitation inside GT boxes", "pfi", "beats", "fi_gt"),
-    ("PFI beats FGFI", "pfi", "beats", "fgfi"),
-]
-MIN_SEEDS = 3
-RULE = (
-    "The rule, fixed before the study ran: A *beats* B when A's mean AP exceeds B's by more than the sum of "
-    "their standard deviations over seeds; \"A works at least as well as B\" holds unless B beats A by that rule; "
-    f"a claim is *not yet measured* while either method has fewer than {MIN_SEEDS} finished seeds. The seed fixes "
-    "the student's initialisation and data order for every method, so the table also counts in how many seeds A's "
-    "AP was above B's: that informs, it does not decide."
+# How a CSV's KD weights were set (its ``rule`` column) -> what the tables say about it.
+WEIGHT_RULES = {
+    "grad_norm": "every KD term's weight gives it the gradient norm of 1.5 PFI on the student's parameters over the "
+    "first 8 training batches of a fresh student (`rmkd.weighting`, `calibration.json`); the paper's weights "
+    "(RM 4, PFI 1.5) are rows of their own",
+    "loss_value_v1": "the first study's rule: RM at the paper's 4 and PFI at 1.5; each baseline's weight made its loss "
+    "*value* on the first batches equal to 1.5 PFI's (not comparable pull: RM at 4 had 30-90x less than soft-label "
+    "KD); `rm_score=cls+iou_summed` summed the two KL terms",
+}
+WEIGHT_RULE = "grad_norm"  # the rule this code applies
+CLAIMS_RULE = (
+    "Claims: the same-seed differences A - B, their 95% t-interval and paired t-test (`rmkd.claims.paired_claims`, "
+    f"equal to `scipy.stats.ttest_rel`), Holm's correction over all claims at alpha {ALPHA}. *Supported*: the "
+    "corrected test rejects and the interval is above 0; *contradicted*: it rejects and the interval is below 0; "
+    f"otherwise *undecided* (the data cannot tell). \"A works at least as well as B\" tests against a margin of "
+    f"{MARGIN} AP fixed in advance: supported only when the interval's lower end is above -{MARGIN}. "
+    "Seeds for 80% power: to detect the observed difference (or 1.5 AP when smaller) at the observed SD, before "
+    "the correction."
 )
 RM_VARIANTS = {"rm": "cls", "rm_iou": "iou", "rm_cls_iou": "cls+iou"}
 DETECTORS = {"retinanet": ("teacher.yaml", "student.yaml")}
-# No intermediate evaluations: the study needs the final AP only (about 10 s saved twice per run).
+# No intermediate evaluations: the study needs the final AP only.
 STUDY_OVERRIDES = ["train.eval_every=0"]
+RANK_IMAGES = 200  # val images the study's rank agreement (mean Kendall tau) is measured on
+
+
+def method_variants(method: str) -> dict[str, str]:
+    """``{term: variant key}`` for each rule-weighted term of ``method``."""
+    spec = METHODS[method] or {}
+    return {t: variant_key(t, spec) for t, v in spec.items() if t in TERMS and v == RULE}
 
 
 def method_config(s_cfg: Config, method: str, seed: int, teacher: str, weights: dict[str, float]) -> Config:
-    """The student's config for one run: its seed, and for KD methods the distill section."""
+    """The student's config for one run: its seed, and for KD methods the distill section.
+
+    ``weights``: the rule's weight per variant key (:func:`rmkd.weighting.calibrate`).
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     cfg = copy.deepcopy(s_cfg)
@@ -99,34 +119,27 @@ def method_config(s_cfg: Config, method: str, seed: int, teacher: str, weights: 
         return cfg
     for term in TERMS:
         setattr(cfg.distill, term, 0.0)
+    for key, value in DEFAULT_OPTIONS.items():
+        setattr(cfg.distill, key, value)  # every option explicit: a method differs only where it says
+    variants = method_variants(method)
     for key, value in spec.items():
-        setattr(cfg.distill, key, weights[key] if value == "calibrated" else value)
+        setattr(cfg.distill, key, weights[variants[key]] if value == RULE else value)
     cfg.distill.teacher = teacher
     return cfg
 
 
-@torch.no_grad()
-def calibrate(teacher_ckpt: str, s_cfg: Config, terms=CALIBRATED, batches: int = 4, reference=("pfi", 1.5)) -> dict:
-    """Weights giving each term the same value as ``reference`` on the first ``batches``
-    training batches of a freshly initialised student (seed of ``s_cfg``)."""
-    from .data.loader import train_loader
-    from .distill import Distiller
-    from .run import build_datasets, build_model, load_model, seed_everything
+def run_label(cfg: Config) -> str:
+    """Every non-zero weight and the options of the terms in use: ``rm=0.91 rm_score=cls ...``."""
+    weights = cfg.distill.weights()
+    options = [k for t in weights for k in TERM_OPTIONS.get(t, ())]
+    return " ".join([f"{k}={v:.4g}" for k, v in weights.items()] + [f"{k}={getattr(cfg.distill, k)}" for k in options])
 
-    teacher, _ = load_model(teacher_ckpt)
-    seed_everything(s_cfg.seed)
-    train_set, _ = build_datasets(s_cfg, progress=False)
-    student = build_model(s_cfg)
-    names = [reference[0], *terms]
-    distiller = Distiller(teacher, student, {t: 1.0 for t in names}).train()
-    raw = {t: 0.0 for t in names}
-    for images, targets in train_loader(train_set, s_cfg.train.batch_size, s_cfg.seed, 0, batches):
-        losses = distiller(images, targets)
-        for t in names:
-            raw[t] += float(losses[t]) / batches
-    ref = reference[1] * raw[reference[0]]
-    weights = {t: ref / raw[t] if raw[t] > 0 else 0.0 for t in terms}
-    return {"reference": {reference[0]: reference[1]}, "batches": batches, "raw": raw, "weights": weights}
+
+def machine_name() -> str:
+    """``cpu2`` (CPU cores) or the GPU's name: one table never mixes machines."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "_")
+    return f"cpu{os.cpu_count()}"
 
 
 def run_one(cfg: Config, run_dir: str, kd: bool, progress: bool, teacher_cache=None) -> dict:
@@ -150,43 +163,38 @@ def run_study(
 ) -> pd.DataFrame:
     """Run every (detector, method, seed) not yet finished; return the study's frame.
 
+    ``seeds``: the same seeds for every method; default :data:`SEEDS` per method.
     With ``teacher_cache`` (the default) the teacher's outputs on the training set are
     computed once per detector, when the first distillation run starts, and reused by
     every run (:mod:`rmkd.teacher_cache`: identical outputs, a third less time per step).
     """
-    from .demo import _config_path, finished_metrics, teacher_dir, train_cached
+    from .demo import _config_path, teacher_dir, train_cached
     from .run import data_splits
 
     methods = list(methods or METHODS)
-    seeds = list(seeds if seeds is not None else (0, 1, 2))
-    detectors = list(detectors or DETECTORS)
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
-    for d in detectors:
+    for d in detectors or []:
         if d not in DETECTORS:
             raise ConfigError(f"unknown detector {d!r}: configs exist for {', '.join(DETECTORS)}")
+    machine = machine_name()
+    _check_machine(csv, machine)
     rows = []
-    for det in detectors:
+    for det in detectors or list(DETECTORS):
         t_file, s_file = DETECTORS[det]
         t_cfg = load_config(_config_path(None, t_file), list(teacher_overrides or []))
         s_cfg = load_config(_config_path(None, s_file), list(overrides or []))
         data_splits(t_cfg, progress)
         t_dir = teacher_dir(t_cfg, cache)
         print(f"[{det}] teacher ({t_dir})")
-        t_metrics = train_cached(t_cfg, t_dir, progress)
-        rows.append(_row(det, "teacher", t_cfg.seed, t_metrics, t_cfg))
+        rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine))
         teacher = os.path.join(t_dir, "last.pt")
-        weights = {}
-        if any(v == "calibrated" for m in methods for v in (METHODS[m] or {}).values()):
-            weights = _calibration(teacher, s_cfg, os.path.join(out, det, "calibration.json"))
-        todo = [(m, s) for m in methods for s in seeds]
-        runs = {}  # (method, seed) -> (config, folder)
-        for method, seed in todo:
-            runs[method, seed] = (method_config(s_cfg, method, seed, teacher, weights), os.path.join(out, det, method, f"seed{seed}"))
-        # Every finished run is in the CSV from the start, so it is complete whenever the study stops.
-        done = {k: finished_metrics(d, c.train.max_steps) for k, (c, d) in runs.items()}
-        results = {k: _row(det, *k, m, runs[k][0]) for k, m in done.items() if m is not None}
+        keys = sorted({k for m in methods for k in method_variants(m).values()})
+        weights = _calibration(teacher, s_cfg, keys, os.path.join(out, det, "calibration.json")) if keys else {}
+        todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
+        runs = {k: (method_config(s_cfg, k[0], k[1], teacher, weights), os.path.join(out, det, k[0], f"seed{k[1]}")) for k in todo}
+        results = _finished(det, runs, teacher, machine)  # in the CSV from the start: complete whenever the study stops
         write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
         outputs = None  # the teacher cache, built when the first distillation needs it
         for i, (method, seed) in enumerate(todo, 1):
@@ -196,41 +204,98 @@ def run_study(
             if state == "running":
                 kd = METHODS[method] is not None
                 if kd and teacher_cache and outputs is None:
-                    from .teacher_cache import build_for, check_cacheable
-
-                    try:
-                        check_cacheable(cfg)
-                    except ConfigError as e:
-                        print(f"[{det}] teacher cache off: {e}")
-                        teacher_cache = False
-                    else:
-                        print(f"[{det}] computing the teacher's outputs once for every run (teacher cache)")
-                        outputs = build_for(cfg, progress)
+                    outputs, teacher_cache = _teacher_outputs(cfg, det, progress)
                 metrics = run_one(cfg, run_dir, kd, progress, outputs)
-                results[method, seed] = _row(det, method, seed, metrics, cfg)
+                results[method, seed] = _row(det, method, seed, metrics, cfg, machine, rank_tau(run_dir, teacher, cfg))
                 write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
         rows += [results[k] for k in todo]
     frame = pd.DataFrame(rows)
     write_results(frame, csv)
+    print(claims_markdown(paired_claims(frame)))
     return frame
 
 
-def _calibration(teacher: str, s_cfg: Config, path: str) -> dict[str, float]:
-    """Baseline weights, computed once per study folder and read back after that."""
+def _finished(det: str, runs: dict, teacher: str, machine: str) -> dict:
+    """Rows of the runs already finished (their rank agreement measured if not yet)."""
+    from .demo import finished_metrics
+
+    out = {}
+    for (method, seed), (cfg, run_dir) in runs.items():
+        metrics = finished_metrics(run_dir, cfg.train.max_steps)
+        if metrics is not None:
+            out[method, seed] = _row(det, method, seed, metrics, cfg, machine, rank_tau(run_dir, teacher, cfg))
+    return out
+
+
+def _teacher_outputs(cfg: Config, det: str, progress: bool):
+    """(the teacher cache, whether the cache stays on) for the study's distillation runs."""
+    from .teacher_cache import build_for, check_cacheable
+
+    try:
+        check_cacheable(cfg)
+    except ConfigError as e:
+        print(f"[{det}] teacher cache off: {e}")
+        return None, False
+    print(f"[{det}] computing the teacher's outputs once for every run (teacher cache)")
+    return build_for(cfg, progress), True
+
+
+def _check_machine(csv: str, machine: str) -> None:
+    """One table never mixes machines: a CSV from another machine is an error."""
+    if not os.path.isfile(csv):
+        return
+    old = pd.read_csv(csv)
+    others = sorted(set(old.get("machine", pd.Series(dtype=str)).dropna()) - {machine})
+    if others:
+        raise ConfigError(f"{csv} holds runs from {', '.join(others)}, this machine is {machine}: pass --csv a new file")
+
+
+def rank_tau(run_dir: str, teacher: str, cfg: Config) -> float:
+    """Mean Kendall tau of teacher vs student candidate rankings on the first
+    :data:`RANK_IMAGES` val images (what ``rmkd analyze`` reports), measured once per run."""
+    from .analysis import collect
+    from .data.loader import eval_loader
+    from .run import build_datasets, load_model, val_subset
+
+    path = os.path.join(run_dir, "rank.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            return json.load(f)["weights"]
-    print("calibrating baseline weights (equal initial pull with 1.5 PFI)")
-    result = calibrate(teacher, s_cfg)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+            return jsonio.nan_for_none(json.load(f))["kendall_tau_mean"]
+    t_model, _ = load_model(teacher)
+    s_model, _ = load_model(os.path.join(run_dir, "last.pt"))
+    _, val = build_datasets(cfg, progress=False, train=False)
+    loader = eval_loader(val_subset(val, RANK_IMAGES), cfg.eval.batch_size, 0)
+    col = collect(t_model, s_model, loader, score="cls", adapter=None if _same_width(t_model, s_model) else "fit", progress=False)
+    tau = float(col.instances.kendall_tau.mean())
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+        jsonio.dump({"kendall_tau_mean": tau, "instances": int(col.instances.kendall_tau.notna().sum()), "images": RANK_IMAGES}, f)
+    return tau
+
+
+def _same_width(a, b) -> bool:
+    return a.backbone.out_channels == b.backbone.out_channels
+
+
+def _calibration(teacher: str, s_cfg: Config, keys: list[str], path: str) -> dict[str, float]:
+    """The rule's weights, computed once per study folder and read back after that
+    (new variant keys are calibrated and added)."""
+    result = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    missing = [k for k in keys if k not in result.get("weights", {})]
+    if missing:
+        print(f"calibrating weights (equal gradient norm with 1.5 PFI): {', '.join(missing)}")
+        new = calibrate(teacher, s_cfg, sorted(set(result.get("weights", {})) | set(missing)))
+        result = new
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            jsonio.dump(result, f, indent=2)
     return result["weights"]
 
 
-def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config) -> dict:
+def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, machine: str, tau: float = math.nan) -> dict:
     summary = metrics.get("train_summary", {})
-    weights = cfg.distill.weights() if METHODS.get(method) else {}
     return {
         "detector": detector,
         "method": method,
@@ -238,8 +303,11 @@ def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config) -> d
         **{k: 100 * metrics[k] if metrics[k] is not None else math.nan for k in METRICS},
         "steps": metrics["step"],
         "train_seconds": summary.get("train_seconds"),
-        "weights": " ".join(f"{k}={v:.4g}" for k, v in weights.items()),
+        "weights": run_label(cfg) if METHODS.get(method) else "",
         "backbone": f"{cfg.model.backbone}-FPN{cfg.model.fpn_channels}",
+        "machine": machine,
+        "rank_tau": tau,
+        "rule": WEIGHT_RULE if METHODS.get(method) else "",
     }
 
 
@@ -251,10 +319,12 @@ def write_results(frame: pd.DataFrame, csv: str) -> None:
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per (detector, method), and the share of the
-    teacher - baseline gap each method closes (from the means)."""
+    """Mean and standard deviation over seeds per (detector, method), the mean rank
+    agreement, and the share of the teacher - baseline gap each method closes (means)."""
     students = frame[frame.method != "teacher"]
-    agg = students.groupby(["detector", "method"], sort=False)[list(METRICS)].agg(["mean", "std", "count"])
+    if "rank_tau" not in students:
+        students = students.assign(rank_tau=math.nan)
+    agg = students.groupby(["detector", "method"], sort=False)[[*METRICS, "rank_tau"]].agg(["mean", "std", "count"])
     out = pd.DataFrame(
         {
             "AP_mean": agg[("AP", "mean")],
@@ -263,6 +333,7 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
             "AP50_mean": agg[("AP50", "mean")],
             "AP75_mean": agg[("AP75", "mean")],
             "APs_mean": agg[("APs", "mean")],
+            "tau_mean": agg[("rank_tau", "mean")],
         }
     ).reset_index()
     teacher = frame[frame.method == "teacher"].groupby("detector")["AP"].mean()
@@ -273,42 +344,49 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_tables(frame: pd.DataFrame) -> str:
-    """The paper's tables from the study's rows, as markdown (mean +- std over seeds)."""
+    """The paper's tables (mean +- std over seeds), the paired claims and the defaults, as markdown."""
     summary = summary_frame(frame)
-    lines = ["# Ablation on the embedded benchmark", "", "Generated by `rmkd reproduce` from the CSV beside this file; AP on 0-100.", ""]
+    machines = ", ".join(sorted(set(frame.get("machine", pd.Series(dtype=str)).dropna())))
+    students = frame[frame.method != "teacher"]
+    keys = [k for k in ("backbone", "steps") if k in students]
+    regime = ", ".join(" ".join(map(str, k)) for k in students.groupby(keys).size().index) if len(keys) == 2 else "n/a"
+    lines = ["# Ablation on the embedded benchmark", "",
+             f"Generated by `rmkd reproduce` from the CSV beside this file; AP on 0-100; machine: {machines or 'n/a'}; "
+             f"students: {regime}. "
+             "Kendall tau: mean rank agreement of teacher and student over each object's candidates "
+             f"(first {RANK_IMAGES} val images).", ""]  # fmt: skip
     for det, group in summary.groupby("detector", sort=False):
-        t = frame[(frame.detector == det) & (frame.method == "teacher")]
+        runs = frame[frame.detector == det]
+        t = runs[runs.method == "teacher"]
         t_ap = f"{t.AP.mean():.1f}" if len(t) else "n/a"
         base = group[group.method == "baseline"]
         for title, methods in TABLES:
             rows = group.set_index("method").reindex([m for m in methods if m in set(group.method)])
             if rows.empty:
                 continue
-            lines += [f"## {det}: {title}", "", f"teacher {t_ap} AP", "", "| method | weights | seeds | AP | AP50 | AP75 | APs | change | gap closed |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += [f"## {det}: {title}", "", f"teacher {t_ap} AP", "",
+                      "| method | weights | seeds | AP | AP50 | AP75 | APs | change | gap closed | Kendall tau |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
             for method, r in rows.iterrows():
-                w = frame[(frame.detector == det) & (frame.method == method)].weights.iloc[0]
+                w = runs[runs.method == method].weights.iloc[0]
                 change = r.AP_mean - base.AP_mean.iloc[0] if len(base) and method != "baseline" else math.nan
                 lines.append(
-                    f"| {method} | {w or '-'} | {r.seeds} | {r.AP_mean:.1f} ± {_std(r.AP_std)} | {r.AP50_mean:.1f} | "
-                    f"{r.AP75_mean:.1f} | {r.APs_mean:.1f} | {_signed(change)} | {_pct(r.gap_closed) if method != 'baseline' else ''} |"
+                    f"| {method} | {w if isinstance(w, str) and w else '-'} | {r.seeds} | {r.AP_mean:.1f} ± {_std(r.AP_std)} | "
+                    f"{r.AP50_mean:.1f} | {r.AP75_mean:.1f} | {r.APs_mean:.1f} | {_signed(change)} | "
+                    f"{_pct(r.gap_closed) if method != 'baseline' else ''} | {_std(r.tau_mean, '.3f')} |"
                 )
             lines.append("")
-        claims = claims_frame(frame, det)
-        lines += [f"## {det}: the paper's claims", "", RULE, "", claims_markdown(claims), ""]
-        chosen = chosen_defaults(frame, det)
-        undecided = f"not decided yet (needs {MIN_SEEDS} seeds of each)"
-        rm = undecided if chosen["rm_score"] is None else f"`distill.rm_score={chosen['rm_score']}`"
-        detach = undecided if chosen["pfi_detach"] is None else f"`distill.pfi_detach={str(chosen['pfi_detach']).lower()}`"
-        lines += [
-            f"## {det}: defaults chosen by the study", "",
-            f"- RM ranks by the score with the highest mean AP of rm (cls), rm_iou, rm_cls_iou: {rm}",
-            f"- PFI detaches P_dif if pfi_detach has the higher mean AP than pfi: {detach}", "",
-        ]  # fmt: skip
+        claims = paired_claims(runs)
+        rules = sorted(set(runs.get("rule", pd.Series(dtype=str)).dropna()) - {""})
+        weights = "; ".join(f"`{r}`: {WEIGHT_RULES.get(r, 'unknown')}" for r in rules) or "none"
+        lines += [f"## {det}: the paper's claims, paired by seed", "", f"Weights: {weights}.", "", CLAIMS_RULE, "",
+                  claims_markdown(claims), ""]  # fmt: skip
+        lines += [f"## {det}: defaults", "", *defaults_lines(claims), ""]
     return "\n".join(lines)
 
 
-def _std(x: float) -> str:
-    return "n/a" if x != x else f"{x:.1f}"
+def _std(x: float, fmt: str = ".1f") -> str:
+    return "n/a" if x != x else format(x, fmt)
 
 
 def _signed(x: float) -> str:
@@ -319,88 +397,51 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.0f}%"
 
 
-def claims_frame(frame: pd.DataFrame, detector: str = "retinanet", min_seeds: int = MIN_SEEDS) -> pd.DataFrame:
-    """Each of :data:`CLAIMS` checked against the study's runs by :data:`RULE`.
+def chosen_defaults(claims: pd.DataFrame) -> dict:
+    """The library defaults the study decides: a choice moves away from the paper's (or,
+    where the paper is silent, the public reimplementations') only on a decided claim.
 
-    ``paired`` counts, seed by seed, in how many seeds A's AP was above B's.
-
-    Returns one row per claim: claim, a, relation, b, n_a, n_b, mean_a, std_a,
-    mean_b, std_b, diff, margin, paired ("k of n"), verdict, note.
+    ``rm_score``: "iou" or "cls+iou" only if "ranking by cls works at least as well as"
+    that variant is *contradicted*; else "cls". ``pfi_detach``: True only if "PFI with
+    P_dif's gradient beats P_dif detached" is *contradicted*. ``rm_temperature``: the
+    sharper T whose "beats RM at T = 1" is *supported* (0.25 before 0.1); else 1.0.
     """
-    runs = frame[(frame.detector == detector) & (frame.method != "teacher")]
-    summary = summary_frame(runs).set_index("method") if len(runs) else pd.DataFrame()
-    rows = []
-    for claim, a, relation, b in CLAIMS:
-        stats = []
-        for m in (a, b):
-            r = summary.loc[m] if m in summary.index else None
-            stats.append((r.AP_mean, r.AP_std, int(r.seeds)) if r is not None else (math.nan, math.nan, 0))
-        (ma, sa, na), (mb, sb, nb) = stats
-        pa = runs[runs.method == a].set_index("seed").AP
-        pb = runs[runs.method == b].set_index("seed").AP
-        common = pa.index.intersection(pb.index)
-        paired = f"{int((pa[common] > pb[common]).sum())} of {len(common)}"
-        diff, margin = ma - mb, sa + sb
-        if min(na, nb) < min_seeds:
-            verdict, note = "not yet measured", f"needs {min_seeds} seeds of each (have {na}, {nb})"
-        else:
-            a_wins, b_wins = diff > margin, -diff > margin
-            if relation == "beats":
-                verdict = "held" if a_wins else "did not hold"
-                note = "" if a_wins else (f"the opposite held: {b} beats {a}" if b_wins else "difference within the noise margin")
-            else:
-                verdict = "did not hold" if b_wins else "held"
-                note = f"{b} beats {a}" if b_wins else (f"{a} beats {b}" if a_wins else "difference within the noise margin")
-        rows.append((claim, a, relation, b, na, nb, ma, sa, mb, sb, diff, margin, paired, verdict, note))
-    columns = ["claim", "a", "relation", "b", "n_a", "n_b", "mean_a", "std_a", "mean_b", "std_b", "diff", "margin", "paired", "verdict", "note"]
-    return pd.DataFrame(rows, columns=columns)
+    verdict = claims.set_index(["a", "b"]).verdict.to_dict()
+    rm_score = "cls"
+    for method, score in (("rm_iou", "iou"), ("rm_cls_iou", "cls+iou")):
+        if verdict.get(("rm", method)) == "contradicted":
+            rm_score = score
+    temperature = 1.0
+    for method, t in (("rm_t0.1", 0.1), ("rm_t0.25", 0.25)):
+        if verdict.get((method, "rm")) == "supported":
+            temperature = t
+    pfi_detach = verdict.get(("pfi", "pfi_detach")) == "contradicted"
+    return {"rm_score": rm_score, "pfi_detach": pfi_detach, "rm_temperature": temperature}
 
 
-def claims_markdown(claims: pd.DataFrame) -> str:
-    """The claims frame as a markdown table (AP on 0-100)."""
-    lines = [
-        "| claim | A: mean ± std (n) | B: mean ± std (n) | difference | margin | A above B, seed by seed | verdict |",
-        "|---|---|---|---|---|---|---|",
+def defaults_lines(claims: pd.DataFrame) -> list[str]:
+    chosen = chosen_defaults(claims)
+    v = claims.set_index(["a", "b"]).verdict.to_dict()
+    return [
+        f"- `distill.rm_score={chosen['rm_score']}`: cls vs IoU {v.get(('rm', 'rm_iou'))}, cls vs cls+IoU "
+        f"{v.get(('rm', 'rm_cls_iou'))}; the paper's cls stays unless the study decides against it.",
+        f"- `distill.pfi_detach={str(chosen['pfi_detach']).lower()}`: gradient vs detached {v.get(('pfi', 'pfi_detach'))}; "
+        "P_dif passes its gradient unless the study decides detaching is better (the paper does not say).",
+        f"- `distill.rm_temperature={chosen['rm_temperature']}`: T = 0.25 vs 1 {v.get(('rm_t0.25', 'rm'))}, T = 0.1 vs 1 "
+        f"{v.get(('rm_t0.1', 'rm'))}; the paper's T = 1 stays unless sharpening is decided better.",
     ]
-    for r in claims.itertuples():
-        def ms(m, s, n, name):
-            return f"{name} {m:.1f} ± {_std(s)} ({n})" if n else f"{name} - (0)"
-
-        verdict = r.verdict + (f" ({r.note})" if r.note and r.verdict != "not yet measured" else "")
-        lines.append(
-            f"| {r.claim} | {ms(r.mean_a, r.std_a, r.n_a, r.a)} | {ms(r.mean_b, r.std_b, r.n_b, r.b)} | {_signed(r.diff)} | "
-            f"{'' if r.margin != r.margin else f'{r.margin:.1f}'} | {r.paired} | {verdict} |"
-        )
-    return "\n".join(lines)
-
-
-def chosen_defaults(frame: pd.DataFrame, detector: str = "retinanet", min_seeds: int = MIN_SEEDS) -> dict:
-    """The shipped defaults the study chooses: RM's score and PFI's P_dif detach.
-
-    ``rm_score``: the variant (cls, iou, cls+iou) with the highest mean AP;
-    ``pfi_detach``: True only if detaching P_dif has the higher mean AP. Each is
-    None while a compared method has fewer than ``min_seeds`` seeds.
-    """
-    summary = summary_frame(frame[frame.detector == detector]).set_index("method")
-
-    def mean(m):
-        return float(summary.AP_mean[m]) if m in summary.index and summary.seeds[m] >= min_seeds else None
-
-    variants = {score: mean(m) for m, score in RM_VARIANTS.items()}
-    rm_score = max(variants, key=variants.get) if all(v is not None for v in variants.values()) else None
-    pfi, detach = mean("pfi"), mean("pfi_detach")
-    pfi_detach = bool(detach > pfi) if pfi is not None and detach is not None else None
-    return {"rm_score": rm_score, "pfi_detach": pfi_detach, "rm_means": variants, "pfi_means": {"pfi": pfi, "pfi_detach": detach}}
 
 
 def readme_block(frame: pd.DataFrame, detector: str = "retinanet") -> str:
     """The README's headline: the main ablation table and the claims' verdicts, from the CSV."""
-    summary = summary_frame(frame[frame.detector == detector]).set_index("method")
-    teacher = frame[(frame.detector == detector) & (frame.method == "teacher")].AP.mean()
+    runs = frame[frame.detector == detector]
+    summary = summary_frame(runs).set_index("method")
+    teacher = runs[runs.method == "teacher"].AP.mean()
     base = summary.AP_mean.get("baseline", math.nan)
+    machines = ", ".join(sorted(set(runs.get("machine", pd.Series(dtype=str)).dropna()))) or "n/a"
     lines = [
         f"Teacher {teacher:.1f} AP. Students: mean ± std over seeds of COCO AP on the embedded val split "
-        "(`docs/results/ablation.csv`, written by `rmkd reproduce`).",
+        f"(`docs/results/ablation.csv`, written by `rmkd reproduce`; machine {machines}).",
         "",
         "| method | seeds | AP | change | gap closed |",
         "|---|---|---|---|---|",
@@ -412,11 +453,11 @@ def readme_block(frame: pd.DataFrame, detector: str = "retinanet") -> str:
         r = summary.loc[m]
         extra = ("", "") if m == "baseline" else (_signed(r.AP_mean - base), _pct(r.gap_closed))
         lines.append(f"| {m} | {int(r.seeds)} | {r.AP_mean:.1f} ± {_std(r.AP_std)} | {extra[0]} | {extra[1]} |")
-    claims = claims_frame(frame, detector)
+    claims = paired_claims(runs)
     counts = claims.verdict.value_counts()
-    lines += ["", f"The paper's {len(claims)} claims at this scale (rule in `rmkd.reproduce.claims_frame`): "
-              + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("held", "did not hold", "not yet measured")) + "."]
-    for verdict in ("held", "did not hold"):
+    lines += ["", f"The paper's {len(claims)} claims and controls at this scale, paired by seed with Holm's correction "
+              "(`rmkd.claims.paired_claims`): " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("supported", "contradicted", "undecided")) + "."]
+    for verdict in ("supported", "contradicted"):
         names = claims[claims.verdict == verdict].claim.tolist()
         if names:
             lines.append(f"{verdict.capitalize()}: {'; '.join(names)}.")

@@ -161,3 +161,28 @@ def test_soft_label_equals_loop(T):
     assert L.soft_label_kd(s, s, T).item() == pytest.approx(0.0, abs=1e-12)
     extreme = torch.tensor([[50.0, -50.0]])
     assert torch.isfinite(L.soft_label_kd(extreme, -extreme, 1.0))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_feature_imitation_per_level_equals_loop(seed):
+    """fi_full_level: each level's own (masked) mean of F_dif, then the mean over levels (PFI's normalisation)."""
+    tf, sf, _, _ = _levels(seed)
+    g = torch.Generator().manual_seed(seed + 20)
+    masks = [torch.rand(f.shape[0], *f.shape[2:], generator=g) > 0.4 for f in tf]
+    per_level, per_level_full = [], []
+    for l in range(len(tf)):
+        B, C, H, W = tf[l].shape
+        num = den = num_full = 0.0
+        for b in range(B):
+            for y in range(H):
+                for x in range(W):
+                    f_dif = sum((tf[l][b, c, y, x].item() - sf[l][b, c, y, x].item()) ** 2 for c in range(C)) / C
+                    num_full += f_dif
+                    if masks[l][b, y, x]:
+                        num, den = num + f_dif, den + 1
+        per_level.append(num / max(den, 1))
+        per_level_full.append(num_full / (B * H * W))
+    assert L.feature_imitation(tf, sf, masks, per_level=True).item() == pytest.approx(sum(per_level) / len(tf), rel=1e-10)
+    assert L.feature_imitation(tf, sf, per_level=True).item() == pytest.approx(sum(per_level_full) / len(tf), rel=1e-10)
+    # pooled and per-level differ whenever levels differ in size and in mean F_dif
+    assert L.feature_imitation(tf, sf).item() != pytest.approx(sum(per_level_full) / len(tf), rel=1e-6)

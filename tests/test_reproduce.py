@@ -11,8 +11,10 @@ from rmkd.reproduce import METHODS, ablation_tables, method_config, run_study, s
 
 
 def test_method_configs_turn_on_exactly_their_terms():
+    from rmkd.reproduce import RULE, method_variants
+
     s_cfg = load_config(None)
-    weights = {t: 0.25 for t in ("soft_label", "fi_full", "fi_positive", "fi_negative", "fi_gt", "fgfi")}
+    weights = {k: 0.25 for m in METHODS for k in method_variants(m).values()}
     for method, spec in METHODS.items():
         cfg = method_config(s_cfg, method, 7, "t.pt", weights)
         assert cfg.seed == 7
@@ -20,11 +22,12 @@ def test_method_configs_turn_on_exactly_their_terms():
             assert cfg.distill.teacher == "" and method == "baseline"
             continue
         on = {t: w for t, w in cfg.distill.weights().items()}
-        expected = {k: (0.25 if v == "calibrated" else v) for k, v in spec.items() if k in TERMS}
+        expected = {k: (0.25 if v == RULE else v) for k, v in spec.items() if k in TERMS}
         assert on == expected, method
         assert cfg.distill.teacher == "t.pt"
     assert method_config(s_cfg, "rm_iou", 0, "t", weights).distill.rm_score == "iou"
     assert method_config(s_cfg, "rm_cls_iou", 0, "t", weights).distill.rm_score == "cls+iou"
+    assert method_config(s_cfg, "rm_t0.25", 0, "t", weights).distill.rm_temperature == 0.25
     assert method_config(s_cfg, "pfi_detach", 0, "t", weights).distill.pfi_detach is True
     assert method_config(s_cfg, "pfi", 0, "t", weights).distill.pfi_detach is False
     assert s_cfg.distill.rm == 4.0 and s_cfg.seed == 0  # the base config is not modified
@@ -59,6 +62,7 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert len(saved) == 5 and csv.with_suffix(".md").read_text().count("| fi_gt |") == 1
     weights = saved[saved.method == "fi_gt"].weights.iloc[0]
     assert weights.startswith("fi_gt=") and (out / "retinanet" / "calibration.json").is_file()
+    assert set(saved.machine) == {"cpu%d" % __import__("os").cpu_count()} and saved.rank_tau[1:].notna().all()
     from rmkd.checkpoint import load_checkpoint
 
     w0, w1 = (load_checkpoint(out / "retinanet" / "baseline" / f"seed{k}" / "last.pt")["model"] for k in (0, 1))
@@ -88,42 +92,41 @@ def _frame(aps: dict) -> pd.DataFrame:
     return frame
 
 
-def test_claims_follow_the_stated_rule():
-    from rmkd.reproduce import CLAIMS, claims_frame, claims_markdown
+def test_tables_hold_the_paired_claims_and_decided_defaults_only():
+    from rmkd.claims import CLAIMS
+    from rmkd.reproduce import chosen_defaults, paired_claims
 
     frame = _frame({
-        "baseline": [10, 11, 12], "rm": [20, 21, 22],  # +10 against a margin of 2: held, 3 of 3 seeds
-        "soft_label": [21, 22, 23],  # rm - soft_label = -1, margin 2: within the noise
-        "rm_iou": [5, 6, 7],  # cls at least as well as iou: held, and rm beats rm_iou
-        "rm_cls_iou": [30, 31, 32],  # cls+iou beats cls: "at least as well as" did not hold
-        "pfi": [12, 30, 13], "fi_full": [11, 12, 13],  # pfi wins on means (+3) but not beyond 10.4 + 1
-        "fgfi": [1, 2],  # two seeds only
+        "baseline": [10, 14, 12, 18, 11, 16], "rm": [12.1, 15.9, 14.2, 19.8, 13.0, 18.1],  # +2 every seed
+        "rm_iou": [14, 18, 16, 22, 15, 20],  # iou +4 over cls every seed: "cls at least as well" contradicted
+        "rm_cls_iou": [12, 16, 14, 20, 13, 18],  # equal to rm: within the margin
+        "pfi": [12, 30, 13], "pfi_detach": [11, 12, 13],  # 3 seeds, noisy: undecided
     })  # fmt: skip
-    c = claims_frame(frame).set_index("claim")
-    assert list(c.index) == [claim for claim, *_ in CLAIMS]
-    assert c.loc["RM beats the baseline", "verdict"] == "held" and c.loc["RM beats the baseline", "paired"] == "3 of 3"
-    assert c.loc["RM beats the baseline", "diff"] == pytest.approx(10) and c.loc["RM beats the baseline", "margin"] == pytest.approx(2)
-    assert c.loc["RM beats soft-label KD", "verdict"] == "did not hold"
-    assert "within the noise" in c.loc["RM beats soft-label KD", "note"] and c.loc["RM beats soft-label KD", "paired"] == "0 of 3"
-    assert c.loc["ranking by cls works at least as well as by IoU", "verdict"] == "held"
-    assert c.loc["ranking by cls works at least as well as by IoU", "note"] == "rm beats rm_iou"
-    assert c.loc["ranking by cls works at least as well as by cls+IoU", "verdict"] == "did not hold"
-    assert c.loc["PFI beats feature imitation on the full map", "verdict"] == "did not hold"
-    assert c.loc["PFI beats feature imitation on the full map", "paired"] == "2 of 3"
-    assert c.loc["PFI beats FGFI", "verdict"] == "not yet measured" and c.loc["PFI beats FGFI", "n_b"] == 2
-    assert c.loc["RM+PFI beats RM alone", "verdict"] == "not yet measured" and c.loc["RM+PFI beats RM alone", "n_a"] == 0
-    table = claims_markdown(claims_frame(frame))
-    assert "| RM beats the baseline | rm 21.0 ± 1.0 (3) | baseline 11.0 ± 1.0 (3) | +10.0 | 2.0 | 3 of 3 | held |" in table
+    claims = paired_claims(frame).set_index("claim")
+    assert list(claims.index) == [c for c, *_ in CLAIMS]
+    assert claims.loc["RM beats the baseline", "verdict"] == "supported"
+    assert claims.loc["ranking by cls works at least as well as by IoU", "verdict"] == "contradicted"
+    assert claims.loc["ranking by cls works at least as well as by cls+IoU", "verdict"] == "supported"
+    assert claims.loc["RM+PFI beats RM alone", "verdict"] == "undecided" and claims.loc["RM+PFI beats RM alone", "n"] == 0
+    chosen = chosen_defaults(paired_claims(frame))
+    assert chosen == {"rm_score": "iou", "pfi_detach": False, "rm_temperature": 1.0}
+    text = ablation_tables(frame)
+    assert "**contradicted**" in text and "`distill.rm_score=iou`" in text and "Holm" in text
+    # the paper's choice stays while nothing is decided
+    undecided = _frame({"rm": [12, 13, 11], "rm_iou": [13, 11, 12], "pfi": [5, 6, 5], "pfi_detach": [6, 5, 6]})
+    assert chosen_defaults(paired_claims(undecided)) == {"rm_score": "cls", "pfi_detach": False, "rm_temperature": 1.0}
+    detach = _frame({"pfi": [5, 9, 7, 6], "pfi_detach": [7.1, 10.9, 9.2, 7.9], "rm": [5, 9, 7, 6], "rm_t0.1": [6.1, 9.9, 8.0, 7.1]})
+    assert chosen_defaults(paired_claims(detach)) == {"rm_score": "cls", "pfi_detach": True, "rm_temperature": 0.1}
 
 
-def test_defaults_are_chosen_by_mean_ap_once_every_variant_has_three_seeds():
-    from rmkd.reproduce import chosen_defaults
+def test_one_table_never_mixes_machines(tmp_path):
+    from rmkd.reproduce import _check_machine
 
-    frame = _frame({"rm": [20, 21, 22], "rm_iou": [22, 23, 24], "rm_cls_iou": [1, 2, 3], "pfi": [5, 5, 5], "pfi_detach": [4, 4, 4]})
-    chosen = chosen_defaults(frame)
-    assert chosen["rm_score"] == "iou" and chosen["pfi_detach"] is False
-    partial = _frame({"rm": [20, 21, 22], "rm_iou": [30, 31], "rm_cls_iou": [1, 2, 3], "pfi": [5, 5, 5], "pfi_detach": [6, 6, 6]})
-    assert chosen_defaults(partial)["rm_score"] is None and chosen_defaults(partial)["pfi_detach"] is True
+    csv = tmp_path / "ablation.csv"
+    pd.DataFrame([{"method": "baseline", "seed": 0, "AP": 1.0, "machine": "cpu2"}]).to_csv(csv, index=False)
+    _check_machine(str(csv), "cpu2")
+    with pytest.raises(ConfigError, match="holds runs from cpu2, this machine is NVIDIA_H200"):
+        _check_machine(str(csv), "NVIDIA_H200")
 
 
 def test_readme_headline_is_the_csv():
@@ -141,16 +144,16 @@ def test_readme_headline_is_the_csv():
     assert block == readme_block(frame), "README is stale: run python -m rmkd.reproduce --readme"
 
 
-def test_shipped_defaults_are_the_studys_choice():
-    """The library's RM score and P_dif detach defaults are what the committed study chose."""
+def test_shipped_defaults_are_the_studys_decisions():
+    """The library's RM score and P_dif detach defaults are what the committed study decided
+    (the paper's choices while undecided)."""
     from pathlib import Path
 
     from rmkd.config import DistillConfig
-    from rmkd.reproduce import chosen_defaults
+    from rmkd.reproduce import chosen_defaults, paired_claims
 
     frame = pd.read_csv(Path(__file__).resolve().parent.parent / "docs" / "results" / "ablation.csv", dtype={"weights": str})
-    chosen = chosen_defaults(frame)
+    chosen = chosen_defaults(paired_claims(frame))
     shipped = DistillConfig()
-    for key in ("rm_score", "pfi_detach"):
-        if chosen[key] is not None:  # decided once every compared method has 3 seeds
-            assert getattr(shipped, key) == chosen[key], key
+    for key in ("rm_score", "pfi_detach", "rm_temperature"):
+        assert getattr(shipped, key) == chosen[key], key

@@ -1,0 +1,110 @@
+"""The study's one weighting rule: every KD term pulls on the student as hard as 1.5 PFI.
+
+Loss *values* are not comparable across terms (RM's KL is 0.002-0.005 where
+soft-label KD's is near 1), and what moves the student is the gradient. So each
+term, with its options, gets the weight that makes the norm of its gradient on
+the student's parameters, averaged over the first training batches of a freshly
+initialised student, equal to that of PFI at the paper's weight 1.5:
+
+    w_term = 1.5 * mean_b ||d PFI_b / d theta|| / mean_b ||d term_b / d theta||
+
+PFI itself therefore gets 1.5. A term's options change its gradient, so each
+variant (``rm`` ranking by IoU, ``rm`` at T = 0.1, ``pfi`` with P_dif detached, ...)
+is calibrated on its own; the key names them, e.g. ``rm[rm_score=iou]``.
+``theta`` is the student's parameters only (not the adapters, which RM and
+soft-label KD do not have).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .config import Config
+
+REFERENCE = ("pfi", 1.5)
+# the Distiller options each term reads (a variant is a term with values for these)
+TERM_OPTIONS = {
+    "rm": ("rm_score", "rm_space", "rm_temperature"),
+    "pfi": ("pfi_detach",),
+    "soft_label": ("soft_label_temperature",),
+    "fgfi": ("fgfi_psi",),
+}
+DEFAULT_OPTIONS = {"rm_score": "cls", "rm_space": "prob", "rm_temperature": 1.0, "pfi_detach": False,
+                   "soft_label_temperature": 1.0, "fgfi_psi": 0.5}  # fmt: skip
+
+
+def variant_key(term: str, options: dict | None = None) -> str:
+    """``rm[rm_score=iou]``: the term and its options that differ from the defaults."""
+    options = options or {}
+    changed = [f"{k}={options[k]}" for k in TERM_OPTIONS.get(term, ()) if k in options and options[k] != DEFAULT_OPTIONS[k]]
+    return f"{term}[{','.join(changed)}]" if changed else term
+
+
+def _split(key: str) -> tuple[str, dict]:
+    """``rm[rm_score=iou]`` -> ("rm", {"rm_score": "iou"}) with typed values."""
+    term, _, rest = key.partition("[")
+    options = {}
+    for pair in filter(None, rest.rstrip("]").split(",")):
+        k, v = pair.split("=", 1)
+        default = DEFAULT_OPTIONS[k]
+        options[k] = (v == "True") if isinstance(default, bool) else type(default)(v)
+    return term, options
+
+
+def gradient_norms(teacher: nn.Module, student: nn.Module, batches: list, keys: list[str]) -> dict[str, float]:
+    """Mean over ``batches`` of ``||d term / d theta_student||`` for each variant key.
+
+    The student is restored to its initial state before each variant (training-mode
+    forwards update BatchNorm statistics), and adapters are re-made from the same
+    seed, so every variant sees the same network.
+    """
+    from .distill import Distiller
+
+    init = copy.deepcopy(student.state_dict())
+    params = [p for p in student.parameters() if p.requires_grad]
+    norms = {}
+    for key in keys:
+        term, options = _split(key)
+        student.load_state_dict(init)
+        torch.manual_seed(0)  # the same adapter initialisation for every feature term
+        distiller = Distiller(teacher, student, {term: 1.0}, **options).train()
+        total = 0.0
+        for images, targets in batches:
+            loss = distiller(images, targets)[term]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            total += float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        norms[key] = total / len(batches)
+    student.load_state_dict(init)
+    return norms
+
+
+def calibrate(teacher_ckpt: str, s_cfg: Config, keys: list[str], batches: int = 8) -> dict:
+    """The rule's weight for every variant key (and PFI's), with the norms behind them.
+
+    Returns ``{"rule", "reference", "batches", "seed", "grad_norms", "weights"}``, as
+    written to ``calibration.json``.
+    """
+    from .data.loader import train_loader
+    from .run import build_datasets, build_model, load_model, seed_everything
+
+    teacher, _ = load_model(teacher_ckpt)
+    seed_everything(s_cfg.seed)
+    train_set, _ = build_datasets(s_cfg, progress=False)
+    student = build_model(s_cfg)
+    data = list(train_loader(train_set, s_cfg.train.batch_size, s_cfg.seed, 0, batches))
+    ref_term, ref_weight = REFERENCE
+    all_keys = list(dict.fromkeys([ref_term, *keys]))
+    norms = gradient_norms(teacher, student, data, all_keys)
+    weights = {k: ref_weight * norms[ref_term] / norms[k] if norms[k] > 0 else 0.0 for k in all_keys}
+    return {
+        "rule": "equal gradient norm on the student's parameters as 1.5 PFI, mean over the first batches "
+        "of a fresh student (rmkd.weighting)",
+        "reference": {ref_term: ref_weight},
+        "batches": batches,
+        "seed": s_cfg.seed,
+        "grad_norms": norms,
+        "weights": weights,
+    }
