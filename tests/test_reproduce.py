@@ -75,6 +75,7 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     again = run_study(**kw)
     printed = capsys.readouterr().out
     assert printed.count(": done") == 3 and printed.count(": running") == 1
+    assert "| claim | A - B | seeds | mean diff | SD | 95% CI |" in printed  # the paired-claims table
     assert ckpt.stat().st_mtime_ns == before  # finished runs are not retrained
     pd.testing.assert_frame_equal(
         again.drop(columns="train_seconds"), frame.drop(columns="train_seconds"), check_exact=False, atol=1e-9
