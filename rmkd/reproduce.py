@@ -191,7 +191,7 @@ def run_study(
         rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine))
         teacher = os.path.join(t_dir, "last.pt")
         keys = sorted({k for m in methods for k in method_variants(m).values()})
-        weights = _calibration(teacher, s_cfg, keys, os.path.join(out, det, "calibration.json")) if keys else {}
+        weights = _calibration(teacher, t_cfg, s_cfg, keys, calibration_path(csv), det) if keys else {}
         todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
         runs = {k: (method_config(s_cfg, k[0], k[1], teacher, weights), os.path.join(out, det, k[0], f"seed{k[1]}")) for k in todo}
         results = _finished(det, runs, teacher, machine)  # in the CSV from the start: complete whenever the study stops
@@ -276,22 +276,31 @@ def _same_width(a, b) -> bool:
     return a.backbone.out_channels == b.backbone.out_channels
 
 
-def _calibration(teacher: str, s_cfg: Config, keys: list[str], path: str) -> dict[str, float]:
-    """The rule's weights, computed once per study folder and read back after that
-    (new variant keys are calibrated and added)."""
-    result = {}
+def _calibration(teacher: str, t_cfg: Config, s_cfg: Config, keys: list[str], path: str, det: str) -> dict[str, float]:
+    """The rule's weights for ``det``, computed once and kept in ``path`` (committed beside the
+    CSV); computed again when the teacher's or the student's config changed or a variant is new."""
+    stored = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            result = json.load(f)
+            stored = json.load(f)
+    made_for = {"teacher_config": t_cfg.digest(), "student_config": s_cfg.digest("model", "data", "train"), "seed": s_cfg.seed}
+    result = stored.get(det, {})
+    stale = {k: v for k, v in made_for.items() if result.get(k) != v}
     missing = [k for k in keys if k not in result.get("weights", {})]
-    if missing:
-        print(f"calibrating weights (equal gradient norm with 1.5 PFI): {', '.join(missing)}")
-        new = calibrate(teacher, s_cfg, sorted(set(result.get("weights", {})) | set(missing)))
-        result = new
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    if stale or missing:
+        why = f"configs changed ({', '.join(stale)})" if stale and result else f"new variants {', '.join(missing)}"
+        print(f"[{det}] calibrating weights (equal gradient norm with 1.5 PFI): {why if result else 'first time'}")
+        result = {**made_for, **calibrate(teacher, s_cfg, sorted(set(keys) | set(result.get("weights", {}) if not stale else ())))}
+        stored[det] = result
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
-            jsonio.dump(result, f, indent=2)
+            jsonio.dump(stored, f, indent=2)
     return result["weights"]
+
+
+def calibration_path(csv: str) -> str:
+    """``calibration.json`` beside the study's CSV (``docs/results/calibration.json`` by default)."""
+    return os.path.join(os.path.dirname(csv), "calibration.json")
 
 
 def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, machine: str, tau: float = math.nan) -> dict:

@@ -1,5 +1,6 @@
 """rmkd reproduce: method configs, the tables' arithmetic, and a resumable study on tiny data."""
 
+import json
 import math
 
 import pandas as pd
@@ -61,7 +62,8 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert {"detector", "method", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(saved.columns)
     assert len(saved) == 5 and csv.with_suffix(".md").read_text().count("| fi_gt |") == 1
     weights = saved[saved.method == "fi_gt"].weights.iloc[0]
-    assert weights.startswith("fi_gt=") and (out / "retinanet" / "calibration.json").is_file()
+    calibration = json.loads((csv.parent / "calibration.json").read_text())["retinanet"]
+    assert weights.startswith(f"fi_gt={calibration['weights']['fi_gt']:.4g}") and calibration["weights"]["pfi"] == 1.5
     assert set(saved.machine) == {"cpu%d" % __import__("os").cpu_count()} and saved.rank_tau[1:].notna().all()
     from rmkd.checkpoint import load_checkpoint
 
@@ -158,3 +160,27 @@ def test_shipped_defaults_are_the_studys_decisions():
     shipped = DistillConfig()
     for key in ("rm_score", "pfi_detach", "rm_temperature"):
         assert getattr(shipped, key) == chosen[key], key
+
+
+def test_calibration_is_computed_once_and_again_only_when_configs_or_variants_change(tmp_path, monkeypatch):
+    import rmkd.reproduce as R
+
+    calls = []
+
+    def fake(teacher, s_cfg, keys, batches=8):
+        calls.append(list(keys))
+        return {"weights": {k: float(len(k)) for k in ["pfi", *keys]}, "grad_norms": {}}
+
+    monkeypatch.setattr(R, "calibrate", fake)
+    path = str(tmp_path / "calibration.json")
+    t_cfg, s_cfg = load_config(None), load_config(None)
+    assert R._calibration("t.pt", t_cfg, s_cfg, ["rm"], path, "retinanet") == {"pfi": 3.0, "rm": 2.0}
+    R._calibration("t.pt", t_cfg, s_cfg, ["rm"], path, "retinanet")
+    assert calls == [["rm"]]  # read back, not computed again
+    R._calibration("t.pt", t_cfg, s_cfg, ["rm", "fgfi"], path, "retinanet")
+    assert set(calls[-1]) - {"pfi"} == {"fgfi", "rm"}  # a new variant: computed with the stored ones
+    s_cfg.model.fpn_channels = 64
+    R._calibration("t.pt", t_cfg, s_cfg, ["rm"], path, "retinanet")
+    assert calls[-1] == ["rm"] and len(calls) == 3  # another student: only what is asked for now
+    stored = json.loads((tmp_path / "calibration.json").read_text())["retinanet"]
+    assert stored["student_config"] == s_cfg.digest("model", "data", "train") and stored["seed"] == 0
