@@ -1,0 +1,82 @@
+"""Calibration runs for the benchmark regime: is each model at its plateau, how large is the
+capacity gap, how noisy is the seed? (docs/RESULTS.md, "Benchmark regime").
+
+Each row trains one model with `rmkd train` (a subprocess, resumed if killed) and appends
+``role, config, steps, seed, AP, sec_per_step_median, train_seconds`` to the CSV; rows
+already in the CSV are skipped, so the script resumes after an interruption.
+
+    python benchmarks/plateau.py --plan student teacher teacher_long   # S and 1.5 S steps, seed 0
+    python benchmarks/plateau.py --plan seeds --steps 2700      # the student over seeds 0-5 at S steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from rmkd import jsonio
+
+# name -> (role, config file, overrides): the regime of configs/teacher.yaml and configs/student.yaml
+CONFIGS = {
+    "R34-FPN128-4conv": ("teacher", "configs/teacher.yaml", []),
+    "R18-FPN16-1conv": ("student", "configs/student.yaml", []),
+}
+# Each budget S is checked against 1.5 S (same seed); the student's 1800 was not a plateau
+# (+13.5 AP at 2700), so 2700 is checked against 4050.
+PLANS = {
+    "student": [("R18-FPN16-1conv", 1800, 0), ("R18-FPN16-1conv", 2700, 0), ("R18-FPN16-1conv", 4050, 0)],
+    "teacher": [("R34-FPN128-4conv", 3000, 0)],
+    "teacher_long": [("R34-FPN128-4conv", 4500, 0)],  # the teacher's plateau check: about 50 min on cpu2
+}
+
+
+def seeds_plan(steps: int, seeds: int = 6) -> list:
+    """The student over ``seeds`` seeds at ``steps``: the seed-noise row of the regime table."""
+    return [("R18-FPN16-1conv", steps, s) for s in range(seeds)]
+COLUMNS = ["role", "config", "steps", "seed", "AP", "sec_per_step_median", "train_seconds", "machine"]
+
+
+def run(config: str, steps: int, seed: int, out_root: str, extra: list[str]) -> dict:
+    role, path, overrides = CONFIGS[config]
+    out = os.path.join(out_root, f"{config}-{steps}-s{seed}")
+    done = os.path.join(out, "metrics.json")
+    if not (os.path.isfile(done) and json.load(open(done)).get("step") == steps):  # a finished run is reused
+        cmd = [sys.executable, "-m", "rmkd.cli", "train", "--config", path, "--out", out,
+               "--set", f"train.max_steps={steps}", f"seed={seed}", "train.eval_every=0", *overrides, *extra]
+        if os.path.isfile(os.path.join(out, "last.pt")):
+            cmd.append("--resume")
+        subprocess.run(cmd, check=True)
+    m = jsonio.nan_for_none(json.load(open(done)))
+    return {"role": role, "config": config, "steps": steps, "seed": seed, "AP": round(100 * m["AP"], 2),
+            "sec_per_step_median": round(m["train_summary"]["sec_per_step_median"], 4),
+            "train_seconds": m["train_summary"]["train_seconds"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", choices=[*PLANS, "seeds"], nargs="+", default=["student", "teacher", "teacher_long"])
+    p.add_argument("--steps", type=int, default=2700, help="the student's budget for --plan seeds (default: 2700)")
+    p.add_argument("--csv", default="docs/results/plateau.csv")
+    p.add_argument("--out", default="runs/plateau")
+    p.add_argument("--machine", default="cpu2", help="recorded in the CSV (one table never mixes machines)")
+    p.add_argument("--set", nargs="*", default=[], dest="extra", help="overrides for every run")
+    a = p.parse_args()
+    have = pd.read_csv(a.csv) if os.path.isfile(a.csv) else pd.DataFrame(columns=COLUMNS)
+    for plan in a.plan:
+        for config, steps, seed in PLANS[plan] if plan in PLANS else seeds_plan(a.steps):
+            key = (have.config == config) & (have.steps == steps) & (have.seed == seed)
+            if key.any():
+                continue
+            row = run(config, steps, seed, a.out, a.extra) | {"machine": a.machine}
+            have = pd.concat([have, pd.DataFrame([row])], ignore_index=True)
+            have.to_csv(a.csv, index=False)
+            print(f"plateau: {config} {steps} steps seed {seed}: AP {row['AP']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
