@@ -33,6 +33,8 @@ from .models import dense_forward, detector_family
 from .models.build import detector_num_classes
 
 TERMS = ("rm", "pfi", "soft_label", "fi_full", "fi_full_level", "fi_positive", "fi_negative", "fi_gt", "fgfi")
+# the Distiller's keyword options, as named in the config's distill section
+OPTIONS = ("rm_score", "rm_space", "rm_temperature", "pfi_detach", "soft_label_temperature", "fgfi_psi")
 FEATURE_TERMS = ("pfi", "fi_full", "fi_full_level", "fi_positive", "fi_negative", "fi_gt", "fgfi")
 
 
@@ -117,8 +119,7 @@ class Distiller(nn.Module):
     @classmethod
     def from_config(cls, teacher: nn.Module, student: nn.Module, d) -> "Distiller":
         """From a ``distill`` config section (:class:`rmkd.config.DistillConfig`): its weights and options."""
-        options = ("rm_score", "rm_space", "rm_temperature", "pfi_detach", "soft_label_temperature", "fgfi_psi")
-        return cls(teacher, student, d.weights(), **{k: getattr(d, k) for k in options})
+        return cls(teacher, student, d.weights(), **{k: getattr(d, k) for k in OPTIONS})
 
     @property
     def teacher(self) -> nn.Module:

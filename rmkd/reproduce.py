@@ -290,7 +290,8 @@ def _calibration(teacher: str, t_cfg: Config, s_cfg: Config, keys: list[str], pa
     if stale or missing:
         why = f"configs changed ({', '.join(stale)})" if stale and result else f"new variants {', '.join(missing)}"
         print(f"[{det}] calibrating weights (equal gradient norm with 1.5 PFI): {why if result else 'first time'}")
-        result = {**made_for, **calibrate(teacher, s_cfg, sorted(set(keys) | set(result.get("weights", {}) if not stale else ())))}
+        kept = set() if stale else set(result.get("weights", {}))  # still valid: recomputed with the new ones
+        result = {**made_for, **calibrate(teacher, s_cfg, sorted(set(keys) | kept))}
         stored[det] = result
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:

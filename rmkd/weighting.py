@@ -32,6 +32,9 @@ TERM_OPTIONS = {
     "soft_label": ("soft_label_temperature",),
     "fgfi": ("fgfi_psi",),
 }
+# The study's reference value of every Distiller option: the paper's choices (and, where it is
+# silent, the public reimplementations'). Deliberately not DistillConfig's defaults, which may
+# move with the study's decisions while a method's name ("rm", "pfi") must keep its meaning.
 DEFAULT_OPTIONS = {"rm_score": "cls", "rm_space": "prob", "rm_temperature": 1.0, "pfi_detach": False,
                    "soft_label_temperature": 1.0, "fgfi_psi": 0.5}  # fmt: skip
 

@@ -109,3 +109,10 @@ def test_rm_cls_iou_is_the_mean_of_its_two_terms():
         terms[score] = Distiller(teacher, student, {"rm": 1.0}, rm_score=score).eval()(images, targets)["rm"]
     assert terms["cls"] > 0 and terms["iou"] > 0
     assert terms["cls+iou"].item() == pytest.approx((terms["cls"] + terms["iou"]).item() / 2, rel=1e-6)
+
+
+def test_every_distiller_option_has_the_studys_reference_value():
+    from rmkd.distill import OPTIONS
+    from rmkd.weighting import DEFAULT_OPTIONS
+
+    assert set(DEFAULT_OPTIONS) == set(OPTIONS)

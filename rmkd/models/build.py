@@ -120,20 +120,15 @@ def build_backbone(
                 f"backbone weights do not fit {backbone}: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
     c3 = body.inplanes // 4  # channels of layer2 output (C3): 128 for resnet18/34, 512 for resnet50/101
-    if min_level == 2:
-        return BackboneWithFPN(
-            body,
-            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-            in_channels_list=[c3 // 2, c3, c3 * 2, c3 * 4],
-            out_channels=fpn_channels,
-            extra_blocks=LastLevelMaxPool(),
-        )
+    stages = ("layer1", "layer2", "layer3", "layer4")[min_level - 2 :]  # C2..C5 or C3..C5
+    channels = (c3 // 2, c3, c3 * 2, c3 * 4)[min_level - 2 :]
+    extra = LastLevelMaxPool() if min_level == 2 else LastLevelP6P7(fpn_channels, fpn_channels)
     return BackboneWithFPN(
         body,
-        return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
-        in_channels_list=[c3, c3 * 2, c3 * 4],
+        return_layers={name: str(i) for i, name in enumerate(stages)},
+        in_channels_list=list(channels),
         out_channels=fpn_channels,
-        extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels),
+        extra_blocks=extra,
     )
 
 
