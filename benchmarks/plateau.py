@@ -7,6 +7,7 @@ already in the CSV are skipped, so the script resumes after an interruption.
 
     python benchmarks/plateau.py --plan student teacher teacher_long   # S and 1.5 S steps, seed 0
     python benchmarks/plateau.py --plan seeds --steps 2700      # the student over seeds 0-5 at S steps
+    python benchmarks/plateau.py --plan budget --config MNv3S-FPN16-1conv --steps 2400  # S and 1.5 S, seed 0
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from rmkd import jsonio
 CONFIGS = {
     "R34-FPN128-4conv": ("teacher", "configs/teacher.yaml", []),
     "R18-FPN16-1conv": ("student", "configs/student.yaml", []),
+    # candidates for a weaker student (issue 12's levers): a narrower backbone
+    "MNv3S-FPN16-1conv": ("student", "configs/student.yaml", ["model.backbone=mobilenet_v3_small"]),
+    "MNv3S-FPN32-2conv": ("student", "configs/student.yaml",
+                          ["model.backbone=mobilenet_v3_small", "model.fpn_channels=32", "model.head_convs=2"]),
 }
 # Each budget S is checked against 1.5 S (same seed); the student's 1800 was not a plateau
 # (+13.5 AP at 2700), so 2700 is checked against 4050.
@@ -35,9 +40,14 @@ PLANS = {
 }
 
 
-def seeds_plan(steps: int, seeds: int = 6) -> list:
-    """The student over ``seeds`` seeds at ``steps``: the seed-noise row of the regime table."""
-    return [("R18-FPN16-1conv", steps, s) for s in range(seeds)]
+def seeds_plan(config: str, steps: int, seeds: int = 6) -> list:
+    """``config`` over ``seeds`` seeds at ``steps``: the seed-noise row of the regime table."""
+    return [(config, steps, s) for s in range(seeds)]
+
+
+def budget_plan(config: str, steps: int) -> list:
+    """``config`` at ``steps`` and at 1.5x as many, seed 0: the plateau test."""
+    return [(config, steps, 0), (config, steps * 3 // 2, 0)]
 COLUMNS = ["role", "config", "steps", "seed", "AP", "sec_per_step_median", "train_seconds", "machine"]
 
 
@@ -59,8 +69,9 @@ def run(config: str, steps: int, seed: int, out_root: str, extra: list[str]) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", choices=[*PLANS, "seeds"], nargs="+", default=["student", "teacher", "teacher_long"])
-    p.add_argument("--steps", type=int, default=2700, help="the student's budget for --plan seeds (default: 2700)")
+    p.add_argument("--plan", choices=[*PLANS, "seeds", "budget"], nargs="+", default=["student", "teacher", "teacher_long"])
+    p.add_argument("--steps", type=int, default=2700, help="the budget for --plan seeds and budget (default: 2700)")
+    p.add_argument("--config", choices=CONFIGS, default="R18-FPN16-1conv", help="the model for --plan seeds and budget")
     p.add_argument("--csv", default="docs/results/plateau.csv")
     p.add_argument("--out", default="runs/plateau")
     p.add_argument("--machine", default="cpu2", help="recorded in the CSV (one table never mixes machines)")
@@ -68,11 +79,14 @@ def main() -> None:
     a = p.parse_args()
     have = pd.read_csv(a.csv) if os.path.isfile(a.csv) else pd.DataFrame(columns=COLUMNS)
     for plan in a.plan:
-        for config, steps, seed in PLANS[plan] if plan in PLANS else seeds_plan(a.steps):
+        generated = {"seeds": seeds_plan, "budget": budget_plan}
+        for config, steps, seed in PLANS[plan] if plan in PLANS else generated[plan](a.config, a.steps):
             key = (have.config == config) & (have.steps == steps) & (have.seed == seed)
             if key.any():
                 continue
             row = run(config, steps, seed, a.out, a.extra) | {"machine": a.machine}
+            # re-read: another plan may run beside this one (e.g. the teacher's check on one thread)
+            have = pd.read_csv(a.csv) if os.path.isfile(a.csv) else pd.DataFrame(columns=COLUMNS)
             have = pd.concat([have, pd.DataFrame([row])], ignore_index=True)
             have.to_csv(a.csv, index=False)
             print(f"plateau: {config} {steps} steps seed {seed}: AP {row['AP']}", flush=True)

@@ -1,10 +1,11 @@
 """Train-step time of the demo teacher and student (configs/teacher.yaml, configs/student.yaml).
 
-    python benchmarks/train_step.py [--repeat 20]
+    python benchmarks/train_step.py [--repeat 20] [--candidate model.backbone=mobilenet_v3_small ...]
 
 Prints median seconds per optimiser step (forward + backward + AdamW) at the
 demo batch size, and peak resident memory. Timed interleaved, so the ratio is
-robust to a noisy machine.
+robust to a noisy machine. ``--candidate`` adds a third row: the student with
+those overrides (a candidate for the benchmark regime).
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def step_fn(cfg, images, targets):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--candidate", nargs="*", default=[], help="overrides of the student: a third row")
     args = parser.parse_args()
     cfgs = {name: load_config(ROOT / "configs" / f"{name}.yaml") for name in ("teacher", "student")}
+    if args.candidate:
+        cfgs[" ".join(args.candidate)] = load_config(ROOT / "configs" / "student.yaml", args.candidate)
     images, targets = digits_batch(cfgs["student"].train.batch_size)
     fns = {name: step_fn(cfg, images, targets) for name, cfg in cfgs.items()}
     times = interleaved(fns, args.repeat)

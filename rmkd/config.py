@@ -330,7 +330,7 @@ _CHOICES = {
     "train.nonfinite": ("stop", "skip"),
     "train.amp_dtype": ("bf16", "fp16"),
     "model.family": ("retinanet", "fcos"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_small", "mobilenet_v3_large"),
     "model.norm": ("bn", "frozen_bn"),
     "model.head_norm": ("gn", "none"),
     "model.min_level": (2, 3),

@@ -212,3 +212,63 @@ def test_p2_p6_reads_64px_natively():
     assert _level_name(0, 4) == "P2 (stride 4)" and _level_name(4, 128) == "P7 (stride 128)"
     with pytest.raises(ValueError, match="min_level"):
         build_detector("retinanet", "resnet18", 3, min_level=4)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_mobilenet_backbone_levels_and_weights(name, tmp_path):
+    """A MobileNetV3 body feeds the FPN from its last block at each stride 4, 8, 16, 32 (checked
+    by hooks on every block), its probe leaves BatchNorm's statistics alone, and a local state_dict
+    (a classification model's, classifier included) loads into it."""
+    import torchvision
+
+    torch.manual_seed(0)
+    source = getattr(torchvision.models, name)()
+    path = tmp_path / "mnv3.pth"
+    torch.save(source.state_dict(), path)
+    model = build_detector("retinanet", name, 3, fpn_channels=16, head_convs=1, min_level=2, image_size=64,
+                           anchor_sizes=(12, 24, 48, 96, 160), weights_backbone=str(path))
+    body = model.backbone.body
+    assert torch.equal(body["0"][0].weight, source.features[0][0].weight)
+    for key, value in source.features.state_dict().items():
+        if key.endswith("running_mean"):  # the probe ran in eval mode: statistics untouched
+            assert torch.equal(body.state_dict()[key], value), key
+    sizes = {}
+    hooks = [block.register_forward_hook(lambda m, i, o, n=n: sizes.__setitem__(n, o.shape)) for n, block in body.named_children()]
+    images, _ = _batch(1)
+    model.eval()
+    with torch.no_grad():
+        dense = dense_forward(model, images)
+    for h in hooks:
+        h.remove()
+    assert [f.shape[-1] for f in dense.features] == [16, 8, 4, 2, 1]  # P2..P6 of a 64 px image
+    chosen = list(model.backbone.body.return_layers)
+    for stride, name_ in zip((4, 8, 16, 32), chosen):
+        assert sizes[name_][-1] == 64 // stride
+        later = [n for n in sizes if int(n) > int(name_)]
+        assert all(sizes[n][-1] < 64 // stride for n in later)  # the last block at that stride
+    assert model.backbone.fpn.inner_blocks[0][0].in_channels == sizes[chosen[0]][1]
+    with pytest.raises(ValueError, match="do not fit"):
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+        build_detector("retinanet", name, 3, weights_backbone=str(path))
+
+
+def test_config_backbones_are_the_builders():
+    from rmkd.config import _CHOICES
+    from rmkd.models.build import BACKBONES
+
+    assert set(_CHOICES["model.backbone"]) == set(BACKBONES)
+
+
+def test_level_names_follow_the_strides():
+    from rmkd.models import level_name, level_names
+
+    images, _ = _batch(0)
+    for min_level, first in ((2, "P2"), (3, "P3")):
+        model = _model("retinanet", min_level=min_level).eval()
+        with torch.no_grad():
+            dense = dense_forward(model, images)
+        strides = [64 // f.shape[-1] for f in dense.features[:3]]  # padded 64 px input; coarse levels clamp at 1 cell
+        assert level_names(model)[:3] == [level_name(s) for s in strides]
+        assert level_names(model)[0] == first and len(level_names(model)) == 5
+    with pytest.raises(ValueError, match="power of two"):
+        level_name(12)

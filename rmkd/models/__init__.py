@@ -1,6 +1,6 @@
 """torchvision detectors and the one dense forward that everything else reads."""
 
-from .build import build_backbone, build_detector, detector_family, detector_num_classes
+from .build import build_backbone, build_detector, detector_family, detector_num_classes, level_name, level_names
 from .dense import DenseOutputs, dense_forward, postprocess
 
 __all__ = [
@@ -10,5 +10,7 @@ __all__ = [
     "dense_forward",
     "detector_family",
     "detector_num_classes",
+    "level_name",
+    "level_names",
     "postprocess",
 ]

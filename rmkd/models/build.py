@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models import resnet
+from torchvision.models import mobilenetv3, resnet
 from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -40,6 +40,9 @@ BACKBONES = {
     "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
     "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
+    # Narrower bodies for students whose gap to the teacher should come from capacity.
+    "mobilenet_v3_small": (mobilenetv3.mobilenet_v3_small, mobilenetv3.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
+    "mobilenet_v3_large": (mobilenetv3.mobilenet_v3_large, mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
 NORMS = ("bn", "frozen_bn")
 # The finest FPN level: 3 gives P3..P7 (RetinaNet, FCOS); 2 gives P2..P6, stride 4 to 64,
@@ -83,7 +86,7 @@ def _load_backbone_weights(name: str, weights) -> dict | None:
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"backbone weights file {path!r} not found: give a torchvision ResNet state_dict file, "
+            f"backbone weights file {path!r} not found: give a torchvision ResNet or MobileNetV3 state_dict file, "
             "'imagenet' to download, or null for random init"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,7 +100,7 @@ def build_backbone(
     norm: str = "bn",
     min_level: int = 3,
 ) -> BackboneWithFPN:
-    """ResNet + FPN returning five levels.
+    """ResNet or MobileNetV3 + FPN returning five levels.
 
     ``min_level=3``: P3..P7 from C3..C5, with P6 and P7 computed from C5 (RetinaNet/FCOS).
     ``min_level=2``: P2..P6 from C2..C5, with P6 a stride-2 subsample of P5
@@ -115,21 +118,43 @@ def build_backbone(
     state = _load_backbone_weights(backbone, weights)
     if state is not None:
         missing, unexpected = body.load_state_dict(state, strict=False)
-        if [k for k in missing if not k.startswith("fc.")] or unexpected:
+        if [k for k in missing if not k.startswith(("fc.", "classifier."))] or unexpected:
             raise ValueError(
                 f"backbone weights do not fit {backbone}: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
-    c3 = body.inplanes // 4  # channels of layer2 output (C3): 128 for resnet18/34, 512 for resnet50/101
-    stages = ("layer1", "layer2", "layer3", "layer4")[min_level - 2 :]  # C2..C5 or C3..C5
-    channels = (c3 // 2, c3, c3 * 2, c3 * 4)[min_level - 2 :]
+    names, channels = _stages(backbone, body)
+    names, channels = names[min_level - 2 :], channels[min_level - 2 :]  # C2..C5 or C3..C5
+    if backbone.startswith("mobilenet"):
+        body = body.features  # drops the classifier; its blocks are named "0", "1", ...
     extra = LastLevelMaxPool() if min_level == 2 else LastLevelP6P7(fpn_channels, fpn_channels)
     return BackboneWithFPN(
         body,
-        return_layers={name: str(i) for i, name in enumerate(stages)},
+        return_layers={name: str(i) for i, name in enumerate(names)},
         in_channels_list=list(channels),
         out_channels=fpn_channels,
         extra_blocks=extra,
     )
+
+
+def _stages(backbone: str, body: nn.Module) -> tuple[list[str], list[int]]:
+    """Names and channels of the body's C2..C5 outputs (strides 4, 8, 16, 32).
+
+    ResNet: ``layer1..layer4``. MobileNetV3: the last block of ``features`` at each stride,
+    found by running a 64 px probe through it (the blocks do not record their stride).
+    """
+    if backbone.startswith("resnet"):
+        c3 = body.inplanes // 4  # channels of layer2 output (C3): 128 for resnet18/34, 512 for resnet50/101
+        return ["layer1", "layer2", "layer3", "layer4"], [c3 // 2, c3, c3 * 2, c3 * 4]
+    last: dict[int, tuple[str, int]] = {}
+    x = torch.zeros(1, 3, 64, 64)
+    was_training = body.training
+    body.eval()  # the probe must not move BatchNorm's running statistics
+    with torch.no_grad():
+        for name, block in body.features.named_children():
+            x = block(x)
+            last[64 // x.shape[-1]] = (name, x.shape[1])
+    body.train(was_training)
+    return [last[s][0] for s in (4, 8, 16, 32)], [last[s][1] for s in (4, 8, 16, 32)]
 
 
 def build_anchor_generator(
@@ -175,7 +200,8 @@ def build_detector(
 
     Args:
         family: ``"retinanet"`` or ``"fcos"``.
-        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``mobilenet_v3_small``
+            or ``mobilenet_v3_large``.
         num_classes: K, object categories without background.
         fpn_channels: width C of every FPN level.
         head_convs: 3x3 convs (GroupNorm + ReLU) in each head branch, 1..4.
@@ -243,6 +269,22 @@ def build_detector(
     model.rmkd_min_level = min_level
     model.rmkd_num_classes = num_classes
     return model
+
+
+def level_name(stride: int) -> str:
+    """``"P{l}"`` of a level with stride ``2^l`` (stride 4: P2, stride 8: P3)."""
+    if stride < 1 or stride & (stride - 1):
+        raise ValueError(f"an FPN stride is a power of two, got {stride}")
+    return f"P{int(stride).bit_length() - 1}"
+
+
+def level_names(model: nn.Module) -> list[str]:
+    """``["P3", ..., "P7"]``, or ``["P2", ..., "P6"]`` for ``min_level=2``: the five levels' names.
+
+    Notebooks and tables name levels by these, never by ``3 + index``, which is wrong for P2..P6.
+    """
+    low = getattr(model, "rmkd_min_level", 3)  # torchvision's own detectors start at P3
+    return [level_name(2 ** (low + i)) for i in range(5)]
 
 
 def detector_family(model: nn.Module) -> str:
