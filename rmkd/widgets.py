@@ -234,6 +234,8 @@ class LevelSelector(_Display):
             ``InstanceBrowser.details``) or a single ``ImageDetail``.
         top_fraction: the hot-spot share for the top-locations IoU.
 
+    The figure's colour scales are the image's maxima over all its levels
+    (:func:`rmkd.plots.gap_scales`), the same whichever level is shown.
     The HTML line gives the level's Pearson r, Spearman rho and the IoU of the two
     maps' top ``top_fraction`` locations, from :func:`rmkd.analysis.gap_statistics`
     on the detail's maps (no GT mask, so no in-GT shares). Attributes: ``.image``
@@ -289,12 +291,15 @@ class LevelSelector(_Display):
         m = next(m for m in self.detail.maps if int(m["level"]) == self.level.value)
         h, w = np.shape(m["f_dif"])
         self.stats.value = (
-            f"image {self.detail.image_id}, P{3 + self.level.value} ({h}x{w} cells): "
+            f"image {self.detail.image_id}, {plots._level_name(m['level'], m['stride'])} ({h}x{w} cells): "
             f"Pearson r = <b>{s['pearson']:.3f}</b>, Spearman ρ = <b>{s['spearman']:.3f}</b>, "
             f"top-{self.top_fraction:.0%} IoU = <b>{s['top_iou']:.3f}</b> "
             f"(mean F_dif {s['f_dif_mean']:.3g}, mean P_dif {s['p_dif_mean']:.3g})"
         )
-        show_figure(self.output, plots.plot_gap_panels(self.detail, levels=[self.level.value]))
+        # one colour scale per image over all its levels: switching level keeps the scale, so a
+        # coarse level's small differences look small instead of being stretched to its own max
+        scales = plots.gap_scales(self.detail)
+        show_figure(self.output, plots.plot_gap_panels(self.detail, levels=[self.level.value], scales=scales))
         self.renders += 1
 
     def _on_image(self, change) -> None:

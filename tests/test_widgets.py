@@ -49,6 +49,29 @@ def test_level_selector_follows_level_and_image():
     assert "text/plain" in single._repr_mimebundle_()
 
 
+def test_level_selector_keeps_one_colour_scale_per_image(monkeypatch):
+    from rmkd import plots
+
+    drawn = []
+    original = plots.plot_gap_panels
+
+    def spy(detail, levels=None, **kwargs):
+        fig = original(detail, levels, **kwargs)
+        drawn.append((detail.image_id, levels, [ax.collections[0].norm.vmax for ax in fig.axes[1:4]]))
+        return fig
+
+    monkeypatch.setattr(plots, "plot_gap_panels", spy)
+    details = {7: make_detail(7, seed=0), 9: make_detail(9, seed=1)}
+    details[7].maps[2]["p_dif"] = details[7].maps[2]["p_dif"] * 0.01  # a quiet coarse level
+    w = LevelSelector(details)
+    w.level.value = 2
+    w.image.value = 9
+    scales = {k: [plots.gap_scales(d)[key] for key in ("f_dif", "p_dif", "product")] for k, d in details.items()}
+    # every level of an image drawn on that image's scale over all its levels, not the level's own max
+    assert drawn == [(7, [0], scales[7]), (7, [2], scales[7]), (9, [2], scales[9])]
+    assert scales[7][1] > details[7].maps[2]["p_dif"].max()
+
+
 @pytest.fixture(scope="module")
 def tiny_pair():
     torch.manual_seed(0)

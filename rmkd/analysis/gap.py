@@ -1,6 +1,6 @@
 """Observation 2 as numbers: where features differ vs where predictions differ.
 
-Per image and FPN level, F_dif and P_dif (DESIGN.md section 1; the same maps
+Per image and FPN level, F_dif and P_dif (docs/METHOD.md, section 1; the same maps
 PFI multiplies) are compared by
 - Pearson and Spearman correlation over the H*W locations,
 - IoU of their top-``top_fraction`` locations (the "hot spots" of each map),
