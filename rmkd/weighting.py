@@ -111,3 +111,29 @@ def calibrate(teacher_ckpt: str, s_cfg: Config, keys: list[str], batches: int = 
         "grad_norms": norms,
         "weights": weights,
     }
+
+
+def term_report(distiller: nn.Module, images: list, targets: list) -> "pd.DataFrame":
+    """One Distiller forward on a batch, term by term: what each loss is and how hard it pulls.
+
+    One row per loss the Distiller returns (the student's detection losses, then each KD
+    term): ``weight`` (1 for detection losses), ``value`` (as returned, weight included),
+    ``grad_student`` and ``grad_adapters``: the norms of that loss's gradient on the
+    student's parameters and on the Distiller's 1x1 adapters (only feature terms reach these).
+    The models' parameters are not changed (no optimiser step; gradients are not accumulated).
+    """
+    import pandas as pd
+
+    losses = distiller(images, targets)
+    groups = {
+        "grad_student": [p for p in distiller.student.parameters() if p.requires_grad],
+        "grad_adapters": [p for p in distiller.adapters.parameters() if p.requires_grad],
+    }
+    rows = []
+    for name, loss in losses.items():
+        row = {"loss": name, "weight": distiller.weights.get(name, 1.0), "value": float(loss)}
+        for column, params in groups.items():
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if params else []
+            row[column] = float(sum((g.double() ** 2).sum() for g in grads if g is not None)) ** 0.5
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("loss")

@@ -272,3 +272,12 @@ def test_level_names_follow_the_strides():
         assert level_names(model)[0] == first and len(level_names(model)) == 5
     with pytest.raises(ValueError, match="power of two"):
         level_name(12)
+
+
+def test_describe_names_the_detector():
+    from rmkd.models import describe
+
+    model = _model("retinanet", min_level=2, head_convs=1)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert describe(model) == f"retinanet resnet18-FPN{model.backbone.out_channels}, 1 head conv, P2-P6, {params:.1f} M parameters"
+    assert ", 2 head convs, P3-P7," in describe(_model("fcos", head_convs=2))

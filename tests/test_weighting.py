@@ -116,3 +116,30 @@ def test_every_distiller_option_has_the_studys_reference_value():
     from rmkd.weighting import DEFAULT_OPTIONS
 
     assert set(DEFAULT_OPTIONS) == set(OPTIONS)
+
+
+def test_term_report_matches_autograd_per_term():
+    """Each row's gradient norms equal a separate backward of that loss alone; RM never reaches the
+    adapters, PFI does; nothing in the student changes."""
+    from rmkd.distill import Distiller
+    from rmkd.weighting import term_report
+
+    torch.manual_seed(0)
+    teacher, student = _pair()
+    kd = Distiller(teacher, student, {"rm": 4.0, "pfi": 1.5}).train()
+    images, targets = _batches()[0]
+    before = {k: v.clone() for k, v in student.state_dict().items() if "running" not in k and "num_batches" not in k}
+    report = term_report(kd, images, targets)
+    assert list(report.index) == ["classification", "bbox_regression", "rm", "pfi"]
+    assert report.loc["rm", "weight"] == 4.0 and report.loc["classification", "weight"] == 1.0
+    for name in report.index:
+        torch.manual_seed(0)
+        kd.zero_grad()
+        kd(images, targets)[name].backward()
+        student_norm = float(sum((p.grad.double() ** 2).sum() for p in student.parameters() if p.grad is not None)) ** 0.5
+        adapter_norm = float(sum((p.grad.double() ** 2).sum() for p in kd.adapters.parameters() if p.grad is not None)) ** 0.5
+        assert report.loc[name, "grad_student"] == pytest.approx(float(student_norm), rel=1e-5)
+        assert report.loc[name, "grad_adapters"] == pytest.approx(float(adapter_norm), rel=1e-5, abs=1e-12)
+    assert report.loc["rm", "grad_adapters"] == 0.0 and report.loc["pfi", "grad_adapters"] > 0
+    after = student.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

@@ -1,6 +1,6 @@
 """torchvision detectors and the one dense forward that everything else reads."""
 
-from .build import build_backbone, build_detector, detector_family, detector_num_classes, level_name, level_names
+from .build import build_backbone, build_detector, describe, detector_family, detector_num_classes, level_name, level_names
 from .dense import DenseOutputs, dense_forward, postprocess
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "build_backbone",
     "build_detector",
     "dense_forward",
+    "describe",
     "detector_family",
     "detector_num_classes",
     "level_name",

@@ -266,6 +266,7 @@ def build_detector(
         if type(m) is nn.GroupNorm:  # FCOSHead builds its own: same fix, same parameters
             m.__class__ = GroupNorm
     model.rmkd_family = family
+    model.rmkd_backbone = backbone
     model.rmkd_min_level = min_level
     model.rmkd_num_classes = num_classes
     return model
@@ -285,6 +286,17 @@ def level_names(model: nn.Module) -> list[str]:
     """
     low = getattr(model, "rmkd_min_level", 3)  # torchvision's own detectors start at P3
     return [level_name(2 ** (low + i)) for i in range(5)]
+
+
+def describe(model: nn.Module) -> str:
+    """One line naming a detector: ``retinanet resnet18-FPN16, 1 head conv, P2-P6, 11.2 M parameters``."""
+    names = level_names(model)
+    # RetinaNet's conv blocks hold conv+norm+ReLU each, FCOS's Sequential lists them flat: count the convs
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.head.classification_head.conv.modules())
+    backbone = getattr(model, "rmkd_backbone", "torchvision backbone")
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return (f"{detector_family(model)} {backbone}-FPN{model.backbone.out_channels}, {convs} head conv{'s' * (convs > 1)}, "
+            f"{names[0]}-{names[-1]}, {params:.1f} M parameters")
 
 
 def detector_family(model: nn.Module) -> str:
