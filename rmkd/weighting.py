@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -113,7 +114,7 @@ def calibrate(teacher_ckpt: str, s_cfg: Config, keys: list[str], batches: int = 
     }
 
 
-def term_report(distiller: nn.Module, images: list, targets: list) -> "pd.DataFrame":
+def term_report(distiller: nn.Module, images: list, targets: list) -> pd.DataFrame:
     """One Distiller forward on a batch, term by term: what each loss is and how hard it pulls.
 
     One row per loss the Distiller returns (the student's detection losses, then each KD
@@ -122,8 +123,6 @@ def term_report(distiller: nn.Module, images: list, targets: list) -> "pd.DataFr
     student's parameters and on the Distiller's 1x1 adapters (only feature terms reach these).
     The models' parameters are not changed (no optimiser step; gradients are not accumulated).
     """
-    import pandas as pd
-
     losses = distiller(images, targets)
     groups = {
         "grad_student": [p for p in distiller.student.parameters() if p.requires_grad],

@@ -19,7 +19,7 @@ from torchvision.ops import batched_nms, box_iou
 
 from rmkd import anatomy
 from rmkd.data import CocoDetection
-from rmkd.models import build_detector, dense_forward, postprocess
+from rmkd.models import build_detector, dense_forward
 
 K = 3
 STRIDES = (4, 8, 16, 32, 64)  # P2..P6 at 64 px

@@ -7,21 +7,30 @@
 - :class:`AnalysisHook`: the same statistics every N training steps.
 """
 
+from .cache import cached_collect
 from .collect import Collection, ImageDetail, collect, inspect_image, size_class, summarize
 from .gap import fit_adapter, gap_maps, gap_statistics
 from .kept import kept_detections
 from .rank import rank_agreement
+from .regions import gap_means, level_gap_table, level_shares, pfi_verdicts, region_masks, region_shares
 
 __all__ = [
     "Collection",
     "ImageDetail",
+    "cached_collect",
     "collect",
     "fit_adapter",
+    "gap_means",
     "gap_maps",
     "gap_statistics",
     "inspect_image",
     "kept_detections",
+    "level_gap_table",
+    "level_shares",
+    "pfi_verdicts",
     "rank_agreement",
+    "region_masks",
+    "region_shares",
     "size_class",
     "summarize",
 ]
