@@ -85,13 +85,28 @@ def train_cached(cfg: Config, run_dir: str, progress: bool, kind: str = "teacher
     return finished_metrics(run_dir, cfg.train.max_steps)
 
 
+def teacher_outputs(cfg: Config, progress: bool):
+    """The teacher cache for ``cfg``'s distillation (:mod:`rmkd.teacher_cache`), or None where the
+    config draws random inputs (flips, multi-scale), which a cache cannot serve."""
+    from .config import ConfigError
+    from .teacher_cache import build_for, check_cacheable
+
+    try:
+        check_cacheable(cfg)
+    except ConfigError as e:
+        print(f"teacher cache off: {e}")
+        return None
+    return build_for(cfg, progress)
+
+
 def _fresh_train(cfg: Config, run_dir: str, progress: bool, kind: str) -> dict:
     from .run import distill, train
 
     if os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     if kind == "distill":
-        distill(cfg, run_dir, progress=progress)
+        # the teacher's forward, a large share of a distillation step, computed once per training image
+        distill(cfg, run_dir, progress=progress, teacher_cache=teacher_outputs(cfg, progress))
     else:
         train(cfg, run_dir, progress=progress, kind=kind)
     return read_metrics(os.path.join(run_dir, "metrics.json"))
@@ -154,7 +169,8 @@ def demo_checkpoints(smoke: bool | None = None, out: str | None = None, cache: s
     paths = {"teacher": os.path.join(t_dir, "last.pt")}
     for name, folder, cfg, kind in (("baseline", "student", s_cfg, "student"), ("RM+PFI", "student_rm_pfi", kd_cfg, "distill")):
         run_dir = os.path.join(out, folder)
-        train_cached(cfg, run_dir, progress, kind)
+        missing = kind == "distill" and finished_metrics(run_dir, cfg.train.max_steps) is None
+        train_cached(cfg, run_dir, progress, kind, teacher_outputs(cfg, progress) if missing else None)
         paths[name] = os.path.join(run_dir, "last.pt")
     paths["config"] = s_cfg
     return paths

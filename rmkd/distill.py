@@ -57,6 +57,12 @@ def check_pairing(teacher: nn.Module, student: nn.Module) -> None:
             f"student sizes {sa.sizes}, ratios {sa.aspect_ratios[0]}): use the same model.anchor_sizes, "
             "scales_per_octave and aspect_ratios"
         )
+    t_low, s_low = (getattr(m, "rmkd_min_level", 3) for m in (teacher, student))  # torchvision's own start at P3
+    if t_low != s_low:
+        raise PairingError(
+            f"FPN levels differ (teacher P{t_low}-P{t_low + 4}, student P{s_low}-P{s_low + 4}): "
+            "use the same model.min_level, so the same anchors sit on the same strides"
+        )
     # The evaluation size (min_size[-1]); training sizes may differ since the teacher is fed the student's input.
     tt, st = teacher.transform, student.transform
     if (tt.min_size[-1], tt.max_size) != (st.min_size[-1], st.max_size):

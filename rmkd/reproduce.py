@@ -228,15 +228,11 @@ def _finished(det: str, runs: dict, teacher: str, machine: str) -> dict:
 
 def _teacher_outputs(cfg: Config, det: str, progress: bool):
     """(the teacher cache, whether the cache stays on) for the study's distillation runs."""
-    from .teacher_cache import build_for, check_cacheable
+    from .demo import teacher_outputs
 
-    try:
-        check_cacheable(cfg)
-    except ConfigError as e:
-        print(f"[{det}] teacher cache off: {e}")
-        return None, False
-    print(f"[{det}] computing the teacher's outputs once for every run (teacher cache)")
-    return build_for(cfg, progress), True
+    print(f"[{det}] computing the teacher's outputs once for every run (teacher cache, where the config allows it)")
+    outputs = teacher_outputs(cfg, progress)
+    return outputs, outputs is not None
 
 
 def _check_machine(csv: str, machine: str) -> None:

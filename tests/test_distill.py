@@ -171,6 +171,9 @@ def test_pairing_errors():
         Distiller(teacher, build_detector("fcos", "resnet18", K, fpn_channels=32, image_size=64))
     with pytest.raises(PairingError, match="input sizes"):
         Distiller(teacher, build_detector("retinanet", "resnet18", K, fpn_channels=32, **{**ANCHORS, "image_size": 96}))
+    low = getattr(teacher, "rmkd_min_level", 3)
+    with pytest.raises(PairingError, match="FPN levels differ"):  # same anchors, but on other strides
+        Distiller(teacher, build_detector("retinanet", "resnet18", K, fpn_channels=32, **{**ANCHORS, "min_level": 5 - low}))
     with pytest.raises(ValueError, match="unknown distillation terms"):
         Distiller(teacher, _pair()[1], {"rank": 1.0})
 
