@@ -275,3 +275,26 @@ def test_collect_works_for_fcos(tiny_val):
     assert len(per_level.adapter) == 5 and per_level.levels.f_dif_mean.notna().all()
     with pytest.raises(ValueError, match="unknown adapter"):
         collect(teacher, student, eval_loader(tiny_val, 4), adapter="fitted", progress=False)
+
+
+def test_figure2_pick_shows_the_largest_loss_of_a_differing_kept_anchor():
+    """The README's Figure-2 example must show the observation: kept anchors differ and the student's
+    kept box is the worse one, the worst such object among the drawable images."""
+    from types import SimpleNamespace
+
+    from rmkd.analysis.report import figure2_pick
+
+    gt = pd.DataFrame({"gt_index": [0, 1]})
+    details = {1: SimpleNamespace(gt=gt, image_id=1), 2: SimpleNamespace(gt=gt, image_id=2)}
+    inst = pd.DataFrame({
+        "image_id": [1, 1, 2, 2, 3],
+        "gt_index": [0, 1, 0, 1, 0],
+        "kept_anchor_differs": pd.array([True, False, True, pd.NA, True], dtype="boolean"),
+        "t_kept_iou": [0.9, 0.9, 0.8, 0.9, 0.95],
+        "s_kept_iou": [0.85, 0.1, 0.5, 0.1, 0.1],  # image 3 is not drawable; (1, 1) agrees; (2, 1) unknown
+    })
+    detail, gt_index = figure2_pick(SimpleNamespace(instances=inst, details=details))
+    assert (detail.image_id, gt_index) == (2, 0)
+    none_differ = inst.assign(kept_anchor_differs=pd.array([False] * 5, dtype="boolean"))
+    detail, gt_index = figure2_pick(SimpleNamespace(instances=none_differ, details=details))
+    assert (detail.image_id, gt_index) == (1, 0)

@@ -161,11 +161,25 @@ def _figures(instances: pd.DataFrame, collections: dict, out_dir: str) -> list[s
         if not col.details:
             continue
         slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").lower()
-        detail = next((d for d in col.details.values() if len(d.gt)), next(iter(col.details.values())))
+        detail, gt_index = figure2_pick(col)
         save(plots.plot_gap_panels(detail), f"gap_panels_{slug}.png")
-        if len(detail.gt):
-            save(plots.plot_kept_boxes(detail), f"kept_boxes_{slug}.png")
+        if gt_index is not None:
+            save(plots.plot_kept_boxes(detail, gt_index), f"kept_boxes_{slug}.png")
     return names
+
+
+def figure2_pick(col) -> tuple:
+    """``(detail, gt_index)`` that shows the paper's Figure 2: among the drawable images, the object
+    whose kept boxes come from different anchors with the largest loss of the student's kept-box IoU
+    against the teacher's; without one, the first image with a GT and its first GT (``None`` if none)."""
+    inst = col.instances
+    shown = inst[inst["kept_anchor_differs"].fillna(False).astype(bool) & inst["image_id"].isin(list(col.details))]
+    if len(shown):
+        loss = shown["t_kept_iou"].astype(float) - shown["s_kept_iou"].astype(float)
+        pick = shown.loc[loss.idxmax()]
+        return col.details[int(pick["image_id"])], int(pick["gt_index"])
+    detail = next((d for d in col.details.values() if len(d.gt)), next(iter(col.details.values())))
+    return detail, (int(detail.gt["gt_index"].iloc[0]) if len(detail.gt) else None)
 
 
 def _fmt(x: float, digits: int = 3) -> str:
