@@ -130,7 +130,7 @@ def term_report(distiller: nn.Module, images: list, targets: list) -> pd.DataFra
     }
     rows = []
     for name, loss in losses.items():
-        row = {"loss": name, "weight": distiller.weights.get(name, 1.0), "value": float(loss)}
+        row = {"loss": name, "weight": distiller.weights.get(name, 1.0), "value": float(loss.detach())}
         for column, params in groups.items():
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if params else []
             row[column] = float(sum((g.double() ** 2).sum() for g in grads if g is not None)) ** 0.5

@@ -8,6 +8,7 @@ cannot take over. Notebooks are executed in memory; the committed files are neve
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -88,3 +89,49 @@ def test_committed_notebook_has_outputs(path):
     outs = outputs(nb)
     assert not [o for o in outs if o.output_type == "error"], f"{path.name} is committed with error outputs"
     assert any("image/png" in o.get("data", {}) for o in outs), f"{path.name} has no image/png output"
+
+
+def _seconds(cell) -> float:
+    """Wall time of a committed code cell, from the timing nbclient records in its metadata."""
+    from datetime import datetime
+
+    ex = cell.metadata.get("execution", {})
+    start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+    if not (start and end):
+        return float("nan")
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+SLOW_S = 30
+TIME_WORDS = re.compile(r"\d+(\.\d+)?\s*(s\b|sec|seconds?|min\b|minutes?)", re.IGNORECASE)
+MAX_CODE_LINES = 20
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_notebook_reads_as_a_lesson(path):
+    """Each lesson: slow cells announced with their time, short code cells, no citation of a file the
+    repository lacks, and an ending with what the paper says beside what we measured."""
+    nb = nbformat.read(path, as_version=4)
+    problems = []
+    last_markdown = ""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            last_markdown = cell.source
+            for cited in re.findall(r"(?<![\w/.])((?:docs|notebooks|configs|benchmarks|rmkd)/[\w./-]+\.\w+)", cell.source):
+                if not (REPO / cited).exists():
+                    problems.append(f"cell {index} cites {cited}, which is not in the repository")
+            if re.search(r"\bDESIGN\.md\b", cell.source):
+                problems.append(f"cell {index} cites DESIGN.md (not in the repository; cite docs/METHOD.md)")
+            continue
+        lines = len(cell.source.strip().splitlines())
+        if lines > MAX_CODE_LINES:
+            problems.append(f"cell {index} has {lines} lines of code (at most {MAX_CODE_LINES}: move code into rmkd)")
+        seconds = _seconds(cell)
+        if seconds > SLOW_S and not TIME_WORDS.search(last_markdown):
+            problems.append(f"cell {index} ran {seconds:.0f} s but the markdown before it gives no time")
+    headings = [line for c in nb.cells[len(nb.cells) // 2 :] if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("#")]
+    if not any(re.search(r"paper says.*we measured", h, re.IGNORECASE) for h in headings):
+        problems.append("no closing section headed 'the paper says / we measured'")
+    assert not problems, f"{path.name}: " + "; ".join(problems)
