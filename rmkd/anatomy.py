@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from .candidates import paired_iou
-from .models import dense_forward, postprocess
+from .models import dense_forward, level_names, postprocess
 from .plots import read_metrics
 
 GT_COLOR = "#39ff14"  # as rmkd.plots: bright green reads on photos and on digits
@@ -150,12 +150,6 @@ def _draw_gt(ax, target: dict, class_names, *, names: bool = True, ls: str = "-"
             _tag(ax, box[0], box[1], _name(label, class_names), GT_COLOR)
 
 
-def _level_names(model: nn.Module, count: int) -> list[str]:
-    """``P{l}`` per level; rmkd detectors record their finest level (2: P2..P6), torchvision's start at P3."""
-    first = int(getattr(model, "rmkd_min_level", 3))
-    return [f"P{first + i}" for i in range(count)]
-
-
 def _grid(n: int, ncols: int) -> tuple[int, int]:
     ncols = max(1, min(int(ncols), n))
     return -(-n // ncols), ncols
@@ -225,7 +219,7 @@ def anchor_grid(model: nn.Module, image_size: int | Sequence[int]) -> pd.DataFra
         features = list(model.backbone(image_list.tensors).values())
         anchors = model.anchor_generator(image_list, features)[0].cpu().double().numpy()  # [N, 4]
     per_cell = model.anchor_generator.num_anchors_per_location()
-    names = _level_names(model, len(features))
+    names = level_names(model)[: len(features)]
     padded_w = image_list.tensors.shape[-1]
     parts, start = [], 0
     for level, (feature, a_count) in enumerate(zip(features, per_cell)):
@@ -346,7 +340,7 @@ def assigned_anchors(model: nn.Module, image: Tensor, target: Mapping) -> pd.Dat
     scale = np.array([w / in_w, h / in_h] * 2)
     frame = pd.DataFrame({
         "gt_index": gt_index.numpy(), "label": target["labels"][gt_index].numpy(), "anchor": pos.numpy(),
-        "level": level, "name": np.asarray(_level_names(model, len(counts)), dtype=object)[level],
+        "level": level, "name": np.asarray(level_names(model)[: len(counts)], dtype=object)[level],
         "row": within // (widths * per_cell), "col": (within // per_cell) % widths, "a": within % per_cell,
     })  # fmt: skip
     frame[BOX_COLS] = anchors[pos].numpy() * scale
