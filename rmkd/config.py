@@ -237,6 +237,11 @@ def _coerce(value: Any, tp, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: key '{key}' expects true or false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string; Python reads it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: key '{key}' expects a number, got {value!r}")
         return float(value)
@@ -330,7 +335,7 @@ _CHOICES = {
     "train.nonfinite": ("stop", "skip"),
     "train.amp_dtype": ("bf16", "fp16"),
     "model.family": ("retinanet", "fcos"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_small", "mobilenet_v3_large"),
+    "model.backbone": ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_small", "mobilenet_v3_large"),
     "model.norm": ("bn", "frozen_bn"),
     "model.head_norm": ("gn", "none"),
     "model.min_level": (2, 3),

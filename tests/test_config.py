@@ -43,6 +43,14 @@ def test_bad_values(pair, fragment):
         load_config(None, [pair])
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string; a float key takes it as the number anyone means."""
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-4\n")
+    assert load_config(tmp_path / "c.yaml").train.lr == 1e-4
+    cfg = load_config(None, ["train.lr=6e-3", "distill.rm=2E1"])
+    assert cfg.train.lr == 0.006 and cfg.distill.rm == 20.0
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
