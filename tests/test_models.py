@@ -252,6 +252,29 @@ def test_mobilenet_backbone_levels_and_weights(name, tmp_path):
         build_detector("retinanet", name, 3, weights_backbone=str(path))
 
 
+def test_resnet10_is_resnet18_with_one_block_per_stage(tmp_path):
+    """resnet10: ResNet-18's stem and stage widths with one BasicBlock per stage, the same FPN
+    inputs; it has no ImageNet weights to download (a clear error), a local state_dict loads."""
+    import torchvision
+
+    torch.manual_seed(0)
+    kw = dict(fpn_channels=16, head_convs=1, min_level=2, image_size=64, anchor_sizes=(12, 24, 48, 96, 160))
+    r10 = build_detector("retinanet", "resnet10", 3, **kw).backbone
+    r18 = build_detector("retinanet", "resnet18", 3, **kw).backbone
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        assert len(r10.body[stage]) == 1 and len(r18.body[stage]) == 2
+        assert r10.body[stage][0].conv1.weight.shape == r18.body[stage][0].conv1.weight.shape
+    x = torch.rand(2, 3, 64, 64)
+    assert [f.shape for f in r10(x).values()] == [f.shape for f in r18(x).values()]  # P2..P6, 16 wide
+    with pytest.raises(ValueError, match="resnet10 has no ImageNet weights"):
+        build_detector("retinanet", "resnet10", 3, weights_backbone="imagenet", **kw)
+    path = tmp_path / "r10.pth"
+    source = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    torch.save(source.state_dict(), path)
+    loaded = build_detector("retinanet", "resnet10", 3, weights_backbone=str(path), **kw).backbone
+    assert torch.equal(loaded.body["layer3"][0].conv2.weight, source.layer3[0].conv2.weight)
+
+
 def test_config_backbones_are_the_builders():
     from rmkd.config import _CHOICES
     from rmkd.models.build import BACKBONES

@@ -35,12 +35,23 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 FAMILIES = ("retinanet", "fcos")
+
+
+def resnet10(*, weights=None, **kwargs) -> resnet.ResNet:
+    """torchvision's ResNet with one BasicBlock per stage: ResNet-18's stem, widths and strides,
+    half its blocks (a shallower student body). No published weights exist for it."""
+    if weights is not None:
+        raise ValueError("resnet10 has no published weights: use weights_backbone null or a state_dict file")
+    return resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
 BACKBONES = {
     "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
     "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
     "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
     "resnet101": (resnet.resnet101, resnet.ResNet101_Weights.IMAGENET1K_V1),
-    # Narrower bodies for students whose gap to the teacher should come from capacity.
+    # Shallower or narrower bodies for students whose gap to the teacher should come from capacity.
+    "resnet10": (resnet10, None),
     "mobilenet_v3_small": (mobilenetv3.mobilenet_v3_small, mobilenetv3.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
     "mobilenet_v3_large": (mobilenetv3.mobilenet_v3_large, mobilenetv3.MobileNet_V3_Large_Weights.IMAGENET1K_V1),
 }
@@ -82,6 +93,8 @@ def _load_backbone_weights(name: str, weights) -> dict | None:
     if weights is None:
         return None
     if weights == "imagenet":
+        if BACKBONES[name][1] is None:
+            raise ValueError(f"{name} has no ImageNet weights to download: use weights_backbone null or a state_dict file")
         return BACKBONES[name][1].get_state_dict(progress=True)
     path = os.fspath(weights)
     if not os.path.isfile(path):
@@ -200,7 +213,7 @@ def build_detector(
 
     Args:
         family: ``"retinanet"`` or ``"fcos"``.
-        backbone: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``mobilenet_v3_small``
+        backbone: ``resnet10``, ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``mobilenet_v3_small``
             or ``mobilenet_v3_large``.
         num_classes: K, object categories without background.
         fpn_channels: width C of every FPN level.
