@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import time
 
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .data.loader import eval_loader, train_loader
 from .models.build import BACKBONES
 from .run import build_datasets, build_model, build_optimizer, build_scheduler, seed_everything
@@ -65,6 +66,8 @@ def _read(transform: nn.Module, images: list[torch.Tensor], targets: list[dict])
 def pretrain_backbone(cfg: Config, out: str, steps: int, progress: bool = True) -> dict:
     """Train ``classifier(cfg)`` for ``steps`` on the training split; save its weights without
     the classifier to ``out`` and a summary beside it (``out`` + ``.json``); return the summary."""
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
     cfg = copy.deepcopy(cfg)
     cfg.train.max_steps = steps
     seed_everything(cfg.seed)
@@ -123,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="the weights file (a state_dict for model.weights_backbone)")
     p.add_argument("--set", nargs="*", default=[], dest="overrides")
     a = p.parse_args(argv)
-    summary = pretrain_backbone(load_config(a.config, a.overrides), a.out, a.steps)
+    try:
+        summary = pretrain_backbone(load_config(a.config, a.overrides), a.out, a.steps)
+    except ConfigError as e:  # a user's mistake: one line, no traceback
+        sys.exit(f"rmkd.pretrain: {e}")
     print(json.dumps(summary))
 
 

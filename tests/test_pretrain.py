@@ -52,3 +52,14 @@ def test_pretrained_weights_load_into_the_detectors_body(tmp_path, tiny_override
         assert torch.equal(model.backbone.body[layer].state_dict()[rest], state[key]), key
     assert json.load(open(out + ".json")) == summary
     assert summary["steps"] == 4 and 0.0 <= summary["val_accuracy"] <= 1.0
+
+
+def test_bad_input_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for args in (["--steps", "0"], ["--set", "model.backbone=resnet9"]):
+        r = subprocess.run([sys.executable, "-m", "rmkd.pretrain", "--config", "configs/student.yaml",
+                            "--out", str(tmp_path / "w.pt"), *args], capture_output=True, text=True)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert r.stderr.strip().count("\n") == 0 and ("steps" in r.stderr or "resnet9" in r.stderr)
