@@ -8,6 +8,8 @@ already in the CSV are skipped, so the script resumes after an interruption.
     python benchmarks/plateau.py --plan student teacher teacher_long   # S and 1.5 S steps, seed 0
     python benchmarks/plateau.py --plan seeds --steps 2700      # the student over seeds 0-5 at S steps
     python benchmarks/plateau.py --plan budget --config MNv3S-FPN16-1conv --steps 2400  # S and 1.5 S, seed 0
+
+A config that loads a pretrained backbone (``PRETRAINED``) makes it first with ``python -m rmkd.pretrain``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,21 @@ CONFIGS = {
     "MNv3S-FPN16-1conv": ("student", "configs/student.yaml", ["model.backbone=mobilenet_v3_small"]),
     "MNv3S-FPN32-2conv": ("student", "configs/student.yaml",
                           ["model.backbone=mobilenet_v3_small", "model.fpn_channels=32", "model.head_convs=2"]),
+    # a schedule that reaches the plateau in fewer steps: the same student at a larger peak LR
+    "R18-FPN16-1conv-lr6e-3": ("student", "configs/student.yaml", ["train.lr=0.006"]),
+    "R18-FPN16-1conv-lr1.2e-2": ("student", "configs/student.yaml", ["train.lr=0.012"]),
+    # GroupNorm of one channel per group on the 2x2 and 1x1 maps of P5/P6 keeps little but the bias
+    "R18-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml", ["train.lr=0.006", "model.head_norm=none"]),
+    # ResNet-18's widths with one block per stage: 0.61x its step time, a lower ceiling
+    "R10-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
+                                      ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none"]),
+    "R34-FPN128-4conv-nonorm": ("teacher", "configs/teacher.yaml", ["model.head_norm=none"]),
+    "R34pre-FPN128-4conv-nonorm": ("teacher", "configs/teacher.yaml",
+                                   ["model.head_norm=none", "model.weights_backbone=data/cache/pretrain/resnet34-digits-600.pt"]),
+    # the same ResNet-10 student starting from a backbone pretrained on digit crops (rmkd.pretrain)
+    "R10pre-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
+                                         ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none",
+                                          "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
 }
 # Each budget S is checked against 1.5 S (same seed); the student's 1800 was not a plateau
 # (+13.5 AP at 2700), so 2700 is checked against 4050.
@@ -48,6 +65,11 @@ def seeds_plan(config: str, steps: int, seeds: int = 6) -> list:
 def budget_plan(config: str, steps: int) -> list:
     """``config`` at ``steps`` and at 1.5x as many, seed 0: the plateau test."""
     return [(config, steps, 0), (config, steps * 3 // 2, 0)]
+# pretrained backbones the configs above load: file -> (config, overrides, steps) of `python -m rmkd.pretrain`
+PRETRAINED = {
+    "data/cache/pretrain/resnet10-digits-600.pt": ("configs/student.yaml", ["model.backbone=resnet10"], 600),
+    "data/cache/pretrain/resnet34-digits-600.pt": ("configs/teacher.yaml", [], 600),
+}
 COLUMNS = ["role", "config", "steps", "seed", "AP", "sec_per_step_median", "train_seconds", "machine"]
 
 
@@ -55,6 +77,10 @@ def run(config: str, steps: int, seed: int, out_root: str, extra: list[str]) -> 
     role, path, overrides = CONFIGS[config]
     out = os.path.join(out_root, f"{config}-{steps}-s{seed}")
     done = os.path.join(out, "metrics.json")
+    for weights, (pre_config, pre_overrides, pre_steps) in PRETRAINED.items():
+        if f"model.weights_backbone={weights}" in overrides and not os.path.isfile(weights):
+            subprocess.run([sys.executable, "-m", "rmkd.pretrain", "--config", pre_config, "--steps", str(pre_steps),
+                            "--out", weights, "--set", *pre_overrides], check=True)
     if not (os.path.isfile(done) and json.load(open(done)).get("step") == steps):  # a finished run is reused
         cmd = [sys.executable, "-m", "rmkd.cli", "train", "--config", path, "--out", out,
                "--set", f"train.max_steps={steps}", f"seed={seed}", "train.eval_every=0", *overrides, *extra]
