@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from . import jsonio
 from .config import Config, ConfigError, load_config
 from .data.loader import eval_loader, train_loader
 from .models.build import BACKBONES
@@ -98,8 +98,7 @@ def pretrain_backbone(cfg: Config, out: str, steps: int, progress: bool = True) 
     state = {k: v for k, v in net.state_dict().items() if not k.startswith(CLASSIFIER_PREFIXES)}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     torch.save(state, out)
-    with open(out + ".json", "w") as f:
-        json.dump(summary, f, indent=1)
+    jsonio.write(out + ".json", summary, indent=1)
     return summary
 
 
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = pretrain_backbone(load_config(a.config, a.overrides), a.out, a.steps)
     except ConfigError as e:  # a user's mistake: one line, no traceback
         sys.exit(f"rmkd.pretrain: {e}")
-    print(json.dumps(summary))
+    print(jsonio.dumps(summary))
 
 
 if __name__ == "__main__":
