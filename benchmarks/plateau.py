@@ -65,6 +65,8 @@ def seeds_plan(config: str, steps: int, seeds: int = 6) -> list:
 def budget_plan(config: str, steps: int) -> list:
     """``config`` at ``steps`` and at 1.5x as many, seed 0: the plateau test."""
     return [(config, steps, 0), (config, steps * 3 // 2, 0)]
+
+
 # pretrained backbones the configs above load: file -> (config, overrides, steps) of `python -m rmkd.pretrain`
 PRETRAINED = {
     "data/cache/pretrain/resnet10-digits-600.pt": ("configs/student.yaml", ["model.backbone=resnet10"], 600),
@@ -77,10 +79,11 @@ def run(config: str, steps: int, seed: int, out_root: str, extra: list[str]) -> 
     role, path, overrides = CONFIGS[config]
     out = os.path.join(out_root, f"{config}-{steps}-s{seed}")
     done = os.path.join(out, "metrics.json")
-    for weights, (pre_config, pre_overrides, pre_steps) in PRETRAINED.items():
-        if f"model.weights_backbone={weights}" in overrides and not os.path.isfile(weights):
-            subprocess.run([sys.executable, "-m", "rmkd.pretrain", "--config", pre_config, "--steps", str(pre_steps),
-                            "--out", weights, "--set", *pre_overrides], check=True)
+    weights = next((o.split("=", 1)[1] for o in overrides if o.startswith("model.weights_backbone=")), None)
+    if weights in PRETRAINED and not os.path.isfile(weights):
+        pre_config, pre_overrides, pre_steps = PRETRAINED[weights]
+        subprocess.run([sys.executable, "-m", "rmkd.pretrain", "--config", pre_config, "--steps", str(pre_steps),
+                       "--out", weights, "--set", *pre_overrides], check=True)
     if not (os.path.isfile(done) and json.load(open(done)).get("step") == steps):  # a finished run is reused
         cmd = [sys.executable, "-m", "rmkd.cli", "train", "--config", path, "--out", out,
                "--set", f"train.max_steps={steps}", f"seed={seed}", "train.eval_every=0", *overrides, *extra]
