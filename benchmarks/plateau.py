@@ -9,7 +9,7 @@ already in the CSV are skipped, so the script resumes after an interruption.
     python benchmarks/plateau.py --plan seeds --steps 2700      # the student over seeds 0-5 at S steps
     python benchmarks/plateau.py --plan budget --config MNv3S-FPN16-1conv --steps 2400  # S and 1.5 S, seed 0
 
-A config that loads a pretrained backbone (``PRETRAINED``) makes it first with ``python -m rmkd.pretrain``.
+A config that loads a pretrained backbone (``PRETRAINED``) makes it first with ``rmkd pretrain``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ CONFIGS = {
     "R10pre-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
                                          ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none",
                                           "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
+    # a lower ceiling for the gap: the same pretrained ResNet-10 feeding an FPN half as wide
+    "R10pre-FPN8-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
+                                        ["model.backbone=resnet10", "model.fpn_channels=8", "train.lr=0.006",
+                                         "model.head_norm=none",
+                                         "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
+    # does a longer-pretrained backbone (2400 steps, 4x) reach the detector's plateau in fewer steps?
+    "R10pre2400-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
+                                             ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none",
+                                              "model.weights_backbone=data/cache/pretrain/resnet10-digits-2400.pt"]),
 }
 # Each budget S is checked against 1.5 S (same seed); the student's 1800 was not a plateau
 # (+13.5 AP at 2700), so 2700 is checked against 4050.
@@ -67,9 +76,10 @@ def budget_plan(config: str, steps: int) -> list:
     return [(config, steps, 0), (config, steps * 3 // 2, 0)]
 
 
-# pretrained backbones the configs above load: file -> (config, overrides, steps) of `python -m rmkd.pretrain`
+# pretrained backbones the configs above load: file -> (config, overrides, steps) of `rmkd pretrain`
 PRETRAINED = {
     "data/cache/pretrain/resnet10-digits-600.pt": ("configs/student.yaml", ["model.backbone=resnet10"], 600),
+    "data/cache/pretrain/resnet10-digits-2400.pt": ("configs/student.yaml", ["model.backbone=resnet10"], 2400),
     "data/cache/pretrain/resnet34-digits-600.pt": ("configs/teacher.yaml", [], 600),
 }
 COLUMNS = ["role", "config", "steps", "seed", "AP", "sec_per_step_median", "train_seconds", "machine"]
@@ -82,8 +92,8 @@ def run(config: str, steps: int, seed: int, out_root: str, extra: list[str]) -> 
     weights = next((o.split("=", 1)[1] for o in overrides if o.startswith("model.weights_backbone=")), None)
     if weights in PRETRAINED and not os.path.isfile(weights):
         pre_config, pre_overrides, pre_steps = PRETRAINED[weights]
-        subprocess.run([sys.executable, "-m", "rmkd.pretrain", "--config", pre_config, "--steps", str(pre_steps),
-                       "--out", weights, "--set", *pre_overrides], check=True)
+        subprocess.run([sys.executable, "-m", "rmkd.cli", "pretrain", "--config", pre_config, "--steps", str(pre_steps),
+                        "--out", weights, *(["--set", *pre_overrides] if pre_overrides else [])], check=True)
     if not (os.path.isfile(done) and json.load(open(done)).get("step") == steps):  # a finished run is reused
         cmd = [sys.executable, "-m", "rmkd.cli", "train", "--config", path, "--out", out,
                "--set", f"train.max_steps={steps}", f"seed={seed}", "train.eval_every=0", *overrides, *extra]

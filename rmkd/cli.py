@@ -1,4 +1,4 @@
-"""The ``rmkd`` command line: ``rmkd {data,train,distill,eval,analyze,reproduce,demo} --help``."""
+"""The ``rmkd`` command line: ``rmkd {data,train,pretrain,distill,eval,analyze,reproduce,demo} --help``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, metavar="DIR", help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in DIR from its last.pt")
     _add_common(train)
+
+    pre = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone on crops of the training objects (no download)",
+        description=(
+            "Pretrain the torchvision network named by model.backbone to classify a square crop around every "
+            "training object, as the detector reads the image (rmkd.pretrain). Writes FILE (a state_dict "
+            "without the classifier, for model.weights_backbone) and FILE.json (steps, seconds, val accuracy)."
+        ),
+    )
+    _add_config_args(pre)
+    pre.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: 1000)")
+    pre.add_argument("--out", required=True, metavar="FILE", help="weights file, e.g. data/cache/pretrain/r10.pt")
+    _add_common(pre)
 
     dist = sub.add_parser(
         "distill",
@@ -275,6 +289,14 @@ def _dispatch(args, progress: bool) -> int:
         cfg = load_config(args.config, args.set)
         metrics = train(cfg, args.out, resume=args.resume, progress=progress)
         print(jsonio.dumps(metrics, indent=2))
+        return 0
+
+    if args.command == "pretrain":
+        from .config import load_config
+        from .pretrain import pretrain_backbone
+
+        summary = pretrain_backbone(load_config(args.config, args.set), args.out, args.steps, progress)
+        print(jsonio.dumps(summary, indent=2))
         return 0
 
     if args.command == "distill":

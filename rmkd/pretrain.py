@@ -9,15 +9,13 @@ class of every object of the training split from a square crop around its box
 ``transform``, so the same size and normalisation). The classifier is dropped and the
 weights load through ``model.weights_backbone``. Validation objects are only scored.
 
-    python -m rmkd.pretrain --config configs/student.yaml --steps 1000 --out data/cache/r18-digits.pt
+    rmkd pretrain --config configs/student.yaml --steps 1000 --out data/cache/r18-digits.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
-import sys
 import time
 
 import torch
@@ -26,7 +24,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from . import jsonio
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
 from .data.loader import eval_loader, train_loader
 from .models.build import BACKBONES
 from .run import build_datasets, build_model, build_optimizer, build_scheduler, seed_everything
@@ -116,21 +114,3 @@ def crop_accuracy(net: nn.Module, transform: nn.Module, dataset, cfg: Config) ->
     net.train(was_training)
     transform.train(transform_training)
     return right / max(total, 1)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--out", required=True, help="the weights file (a state_dict for model.weights_backbone)")
-    p.add_argument("--set", nargs="*", default=[], dest="overrides")
-    a = p.parse_args(argv)
-    try:
-        summary = pretrain_backbone(load_config(a.config, a.overrides), a.out, a.steps)
-    except ConfigError as e:  # a user's mistake: one line, no traceback
-        sys.exit(f"rmkd.pretrain: {e}")
-    print(jsonio.dumps(summary))
-
-
-if __name__ == "__main__":
-    main()
