@@ -1,5 +1,5 @@
-"""Backbone pretraining (rmkd.pretrain): digit-presence targets, the detector's reading of an
-image, and weights that load into the detector's body."""
+"""Backbone pretraining (`rmkd pretrain`): object crops and their classes, the detector's reading
+of an image, and weights that load into the detector's body."""
 
 import json
 
@@ -60,8 +60,8 @@ def test_bad_input_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    for args in (["--steps", "0"], ["--set", "model.backbone=resnet9"]):  # `rmkd pretrain`
+    for args, named in ((["--steps", "0"], "--steps"), (["--set", "model.backbone=resnet9"], "resnet9")):
         r = subprocess.run([sys.executable, "-m", "rmkd.cli", "pretrain", "--config", "configs/student.yaml",
                             "--out", str(tmp_path / "w.pt"), *args], capture_output=True, text=True)
         assert r.returncode != 0 and "Traceback" not in r.stderr
-        assert r.stderr.strip().count("\n") == 0 and ("steps" in r.stderr or "resnet9" in r.stderr)
+        assert r.stderr.strip().count("\n") == 0 and named in r.stderr, r.stderr
