@@ -24,6 +24,8 @@ import pandas as pd
 
 from rmkd import jsonio
 
+# the ResNet-10 student's overrides (configs/student.yaml is ResNet-18, GroupNorm head, LR 2e-3)
+R10 = ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none"]
 # data variants, each in its own folder (a cached set made with other parameters is refused)
 N1000 = ["data.synth.num_train=1000", "data.synth.out=data/digits-n1000"]  # same val images as data/digits
 BIG = ["data.synth.min_digit_size=20", "data.synth.out=data/digits-big"]  # a different val set too
@@ -41,8 +43,7 @@ CONFIGS = {
     # GroupNorm of one channel per group on the 2x2 and 1x1 maps of P5/P6 keeps little but the bias
     "R18-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml", ["train.lr=0.006", "model.head_norm=none"]),
     # ResNet-18's widths with one block per stage: 0.61x its step time, a lower ceiling
-    "R10-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
-                                      ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none"]),
+    "R10-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml", R10),
     "R34-FPN128-4conv-nonorm": ("teacher", "configs/teacher.yaml", ["model.head_norm=none"]),
     # the student's LR lever on the teacher: 2e-3 is still rising at 4500 steps (62.9 at 3000, 66.7 at 4500)
     "R34-FPN128-4conv-lr6e-3": ("teacher", "configs/teacher.yaml", ["train.lr=0.006"]),
@@ -50,8 +51,7 @@ CONFIGS = {
                                    ["model.head_norm=none", "model.weights_backbone=data/cache/pretrain/resnet34-digits-600.pt"]),
     # the same ResNet-10 student starting from a backbone pretrained on digit crops (rmkd.pretrain)
     "R10pre-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
-                                         ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none",
-                                          "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
+                                         [*R10, "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
     # a lower ceiling for the gap: the same pretrained ResNet-10 feeding an FPN half as wide
     "R10pre-FPN8-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
                                         ["model.backbone=resnet10", "model.fpn_channels=8", "train.lr=0.006",
@@ -59,18 +59,15 @@ CONFIGS = {
                                          "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
     # does a longer-pretrained backbone (2400 steps, 4x) reach the detector's plateau in fewer steps?
     "R10pre2400-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
-                                             ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none",
+                                             [*R10,
                                               "model.weights_backbone=data/cache/pretrain/resnet10-digits-2400.pt"]),
     # do curves flatten sooner on the first 1000 of the 4000 training images? (the student's did not:
     # +3.4 AP from 1200 to 1800 steps; the teacher's variant is not run; docs/RESULTS.md)
-    "R10-FPN16-1conv-lr6e-3-nonorm-n1000": ("student", "configs/student.yaml",
-                                            ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none",
-                                             *N1000]),
+    "R10-FPN16-1conv-lr6e-3-nonorm-n1000": ("student", "configs/student.yaml", [*R10, *N1000]),
     "R34-FPN128-4conv-n1000": ("teacher", "configs/teacher.yaml", N1000),
     # is an easier task's ceiling reached sooner? digits 20-40 px instead of 12-40 (the student's was not:
     # +9.5 AP from 1200 to 1800 steps; the teacher's variant is not run)
-    "R10-FPN16-1conv-lr6e-3-nonorm-big": ("student", "configs/student.yaml",
-                                          ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none", *BIG]),
+    "R10-FPN16-1conv-lr6e-3-nonorm-big": ("student", "configs/student.yaml", [*R10, *BIG]),
     "R34-FPN128-4conv-big": ("teacher", "configs/teacher.yaml", BIG),
 }
 # Each budget S is checked against 1.5 S (same seed); the student's 1800 was not a plateau
