@@ -83,6 +83,9 @@ class ModelConfig:
     anchor_floor: bool = False  # round anchor sizes down to integers, as torchvision's COCO RetinaNet
     weights_backbone: Optional[str] = None  # None, "imagenet" (download) or a file
     norm: str = "bn"  # "bn" (trainable, from scratch) or "frozen_bn" (pretrained)
+    # ResNet stages trained, counted from layer4 (torchvision's rule): 5 = all, 3 = its default for a
+    # pretrained detector (stem and layer1 frozen), 0 = the whole body frozen
+    trainable_layers: int = 5
     head_norm: str = "gn"  # RetinaNet head: "gn" or "none" (see rmkd.models.build_detector)
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
@@ -194,6 +197,8 @@ class Config:
             d["train"].pop(key)
         if d["model"]["min_level"] == 3:
             d["model"].pop("min_level")  # keeps the keys of runs from before the option
+        if d["model"]["trainable_layers"] == 5:
+            d["model"].pop("trainable_layers")  # keeps the keys of runs from before the option
         for key in ("train_sizes", "anchor_floor"):
             if not d["model"][key]:
                 d["model"].pop(key)  # keeps the keys of runs from before the option
@@ -339,6 +344,7 @@ _CHOICES = {
     "model.norm": ("bn", "frozen_bn"),
     "model.head_norm": ("gn", "none"),
     "model.min_level": (2, 3),
+    "model.trainable_layers": (0, 1, 2, 3, 4, 5),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "step", "constant"),
     "distill.rm_score": ("cls", "iou", "cls+iou"),
@@ -354,7 +360,12 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
-            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {', '.join(choices)}")
+            raise ConfigError(f"config key '{key}' is {value!r}; choose one of {', '.join(map(str, choices))}")
+    if cfg.model.trainable_layers < 5 and not cfg.model.backbone.startswith("resnet"):
+        raise ConfigError(
+            f"config key 'model.trainable_layers' is {cfg.model.trainable_layers} but freezing stages is implemented "
+            f"for ResNet backbones only, not {cfg.model.backbone}: set it to 5"
+        )
     if cfg.data.source == "coco":
         for split in ("train", "val"):
             s = getattr(cfg.data, split)

@@ -135,6 +135,7 @@ def build_model(cfg: Config) -> nn.Module:
         train_sizes=m.train_sizes,
         anchor_floor=m.anchor_floor,
         min_level=m.min_level,
+        trainable_layers=m.trainable_layers,
     )
 
 

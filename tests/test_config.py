@@ -33,6 +33,7 @@ def test_unknown_key_is_named(tmp_path):
         ("train.lr=fast", "number"),
         ("train.amp=maybe", "true or false"),
         ("model.backbone=resnet9", "resnet18"),
+        ("model.min_level=4", "choose one of 2, 3"),  # integer choices are named too
         ("train.max_steps=0", ">= 1"),
         ("seed", "KEY=VALUE"),
         ("train=3", "mapping"),
@@ -81,3 +82,14 @@ def test_digest_ignores_logging_but_not_training():
     assert load_config(None, ["train.log_every=3", "train.eval_every=9"]).digest() == base.digest()
     assert load_config(None, ["train.lr=0.1"]).digest() != base.digest()
     assert load_config(None, ["seed=1"]).digest("seed", "model") != base.digest("seed", "model")
+
+
+def test_trainable_layers_key():
+    """All stages trained (5) is the default and keeps the cache keys of runs from before the option."""
+    base = load_config()
+    assert load_config(None, ["model.trainable_layers=5"]).digest() == base.digest()
+    assert load_config(None, ["model.trainable_layers=3"]).digest() != base.digest()
+    with pytest.raises(ConfigError, match="model.trainable_layers.*choose one of"):
+        load_config(None, ["model.trainable_layers=7"])
+    with pytest.raises(ConfigError, match="ResNet backbones only.*set it to 5"):
+        load_config(None, ["model.backbone=mobilenet_v3_small", "model.trainable_layers=3"])

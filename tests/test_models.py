@@ -304,3 +304,32 @@ def test_describe_names_the_detector():
     params = sum(p.numel() for p in model.parameters()) / 1e6
     assert describe(model) == f"retinanet resnet18-FPN{model.backbone.out_channels}, 1 head conv, P2-P6, {params:.1f} M parameters"
     assert ", 2 head convs, P3-P7," in describe(_model("fcos", head_convs=2))
+
+
+@pytest.mark.parametrize("trainable", [0, 1, 2, 3, 4])
+def test_trainable_layers_freeze_what_torchvision_freezes(trainable):
+    """The stages left trainable are those of torchvision's ``_resnet_fpn_extractor``; a step moves only them."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+    ours = _model("retinanet", trainable_layers=trainable, head_norm="none")
+    theirs = _resnet_fpn_extractor(resnet18(), trainable).body
+    expected = {n for n, p in theirs.named_parameters() if p.requires_grad}
+    body = ours.backbone.body
+    assert {n for n, p in body.named_parameters() if p.requires_grad} == expected
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    opt = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.1)
+    images, targets = _batch()
+    sum(ours.train()(images, targets).values()).backward()
+    opt.step()
+    moved = {n for n, p in ours.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {f"backbone.body.{n}" for n, p in body.named_parameters() if n not in expected}
+    assert frozen and not moved & frozen  # frozen stages keep their weights ...
+    assert {n for n in moved if n.startswith("backbone.fpn")} and {n for n in moved if n.startswith("head")}  # ... the rest learns
+
+
+def test_trainable_layers_errors():
+    with pytest.raises(ValueError, match="trainable_layers must be in 0..5"):
+        _model("retinanet", trainable_layers=6)
+    with pytest.raises(ValueError, match="ResNet backbones only"):
+        build_detector("retinanet", "mobilenet_v3_small", K, trainable_layers=3, **SMALL)

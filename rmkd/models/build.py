@@ -112,12 +112,16 @@ def build_backbone(
     weights=None,
     norm: str = "bn",
     min_level: int = 3,
+    trainable_layers: int = 5,
 ) -> BackboneWithFPN:
     """ResNet or MobileNetV3 + FPN returning five levels.
 
     ``min_level=3``: P3..P7 from C3..C5, with P6 and P7 computed from C5 (RetinaNet/FCOS).
     ``min_level=2``: P2..P6 from C2..C5, with P6 a stride-2 subsample of P5
     (torchvision's ``LastLevelMaxPool``, as its Faster R-CNN FPN).
+    ``trainable_layers`` (ResNet only): stages left trainable counted from ``layer4``, torchvision's
+    rule (5 = all; 3, its default for a pretrained detector, freezes the stem and ``layer1``; 0 freezes
+    the body). A frozen stage has ``requires_grad=False``; its BatchNorm still follows ``norm``.
     Output: an ``OrderedDict`` of 5 maps ``[B, fpn_channels, H/2^l, W/2^l]``, l = min_level..min_level+4.
     """
     if backbone not in BACKBONES:
@@ -135,6 +139,7 @@ def build_backbone(
             raise ValueError(
                 f"backbone weights do not fit {backbone}: missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
+    _freeze_stages(backbone, body, trainable_layers)
     names, channels = _stages(backbone, body)
     names, channels = names[min_level - 2 :], channels[min_level - 2 :]  # C2..C5 or C3..C5
     if backbone.startswith("mobilenet"):
@@ -147,6 +152,20 @@ def build_backbone(
         out_channels=fpn_channels,
         extra_blocks=extra,
     )
+
+
+def _freeze_stages(backbone: str, body: nn.Module, trainable_layers: int) -> None:
+    """``requires_grad=False`` outside the last ``trainable_layers`` ResNet stages (torchvision's rule)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    if trainable_layers == 5:
+        return
+    if not backbone.startswith("resnet"):
+        raise ValueError(f"trainable_layers < 5 is implemented for ResNet backbones only, not {backbone}")
+    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    for name, p in body.named_parameters():
+        if not name.startswith(tuple(trained)):
+            p.requires_grad_(False)
 
 
 def _stages(backbone: str, body: nn.Module) -> tuple[list[str], list[int]]:
@@ -208,6 +227,7 @@ def build_detector(
     train_sizes: Sequence[int] = (),
     anchor_floor: bool = False,
     min_level: int = 3,
+    trainable_layers: int = 5,
 ) -> nn.Module:
     """A torchvision RetinaNet or FCOS for ``num_classes`` categories (labels 1..K).
 
@@ -222,6 +242,7 @@ def build_detector(
             ``(short, max_long)``, as torchvision's ``min_size``/``max_size``.
         anchor_floor: anchor sizes rounded down to integers (torchvision's COCO RetinaNet).
         min_level: finest FPN level, 3 (P3..P7) or 2 (P2..P6; see :func:`build_backbone`).
+        trainable_layers: ResNet stages trained, from ``layer4`` (5 = all; see :func:`build_backbone`).
         train_sizes: multi-scale training: short sides drawn at random per image in
             training (the evaluation short side is always among them); empty: off.
         anchor_sizes: base anchor size in pixels per level (five levels from ``min_level``; RetinaNet; FCOS uses
@@ -246,7 +267,7 @@ def build_detector(
     if train_sizes:
         # torchvision draws a short side per image from min_size in training and uses min_size[-1] to evaluate.
         min_size = tuple(sorted({int(v) for v in train_sizes} - {min_size})) + (min_size,)
-    body = build_backbone(backbone, fpn_channels, weights_backbone, norm, min_level)
+    body = build_backbone(backbone, fpn_channels, weights_backbone, norm, min_level, trainable_layers)
     common = dict(
         min_size=min_size,
         max_size=max_size,
