@@ -1,11 +1,14 @@
 """Cost of a distillation step (RM + PFI) over its floor, at the demo configuration.
 
-    python benchmarks/distill_step.py [--repeat 15] [--terms rm pfi]
+    python benchmarks/distill_step.py [--repeat 15] [--terms rm pfi] [--student KEY=VALUE ...]
 
 floor   = teacher forward without grad + student forward/backward/step
 distill = the same through rmkd.distill.Distiller with the KD terms on
 cached  = the Distiller reading the teacher's outputs from rmkd.teacher_cache
           (what `rmkd reproduce` does) instead of running the teacher
+student = the student's own step (detection losses only): what a cached
+          distillation run costs over its baseline run
+``--student`` sets overrides of configs/student.yaml (a candidate for the benchmark regime).
 All are timed interleaved on the same batch; the ratios of medians are printed.
 """
 
@@ -33,9 +36,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--terms", nargs="+", default=["rm", "pfi"])
+    parser.add_argument("--student", nargs="*", default=[], help="overrides of configs/student.yaml")
     args = parser.parse_args()
     t_cfg = load_config(ROOT / "configs" / "teacher.yaml")
-    s_cfg = load_config(ROOT / "configs" / "student.yaml")
+    s_cfg = load_config(ROOT / "configs" / "student.yaml", args.student)
     torch.manual_seed(0)
     teacher = build_model(t_cfg).eval().requires_grad_(False)
     student = build_model(s_cfg).train()
@@ -49,6 +53,7 @@ def main() -> None:
     cached.teacher_cache = cache
     opt_cached = build_optimizer([p for p in cached.parameters() if p.requires_grad], s_cfg)
     opt_floor = build_optimizer([p for p in student.parameters() if p.requires_grad], s_cfg)
+    opt_student = build_optimizer([p for p in student.parameters() if p.requires_grad], s_cfg)
 
     def floor():
         with torch.no_grad():
@@ -57,6 +62,12 @@ def main() -> None:
         opt_floor.zero_grad()
         sum(losses.values()).backward()
         opt_floor.step()
+
+    def student_alone():
+        losses = dense_forward(student, images, targets).losses
+        opt_student.zero_grad()
+        sum(losses.values()).backward()
+        opt_student.step()
 
     def distill():
         losses = distiller(images, targets)
@@ -70,15 +81,21 @@ def main() -> None:
         sum(losses.values()).backward()
         opt_cached.step()
 
-    times = interleaved({"floor": floor, "distill": distill, "cached": distill_cached}, args.repeat)
+    fns = {"floor": floor, "distill": distill, "cached": distill_cached, "student": student_alone}
+    times = interleaved(fns, args.repeat)
     ratio = times["distill"] / times["floor"]
-    print(f"# distillation step ({'+'.join(args.terms)}) vs floor, batch {s_cfg.train.batch_size} of 64 px images read at {s_cfg.model.image_size[0]} px; {machine()}")
+    student_name = " ".join(args.student) or "configs/student.yaml"
+    print(f"# distillation step ({'+'.join(args.terms)}) vs floor, student {student_name}, "
+          f"batch {s_cfg.train.batch_size} of 64 px images read at {s_cfg.model.image_size[0]} px; {machine()}")
     print("| step | s (median) |")
     print("|---|---|")
     print(f"| floor: teacher fwd (no grad) + student fwd/bwd/step | {times['floor']:.4f} |")
     print(f"| Distiller {'+'.join(args.terms)} | {times['distill']:.4f} |")
     print(f"| Distiller {'+'.join(args.terms)}, teacher cache | {times['cached']:.4f} |")
-    print(f"overhead: {100 * (ratio - 1):+.1f}% (ratio {ratio:.3f}); teacher cache: {times['cached'] / times['distill']:.3f} of the live step")
+    print(f"| student alone: fwd/bwd/step | {times['student']:.4f} |")
+    print(f"overhead: {100 * (ratio - 1):+.1f}% (ratio {ratio:.3f}); "
+          f"teacher cache: {times['cached'] / times['distill']:.3f} of the live step, "
+          f"{times['cached'] / times['student']:.3f}x the student's own step")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from rmkd import jsonio
 
 # the ResNet-10 student's overrides (configs/student.yaml is ResNet-18, GroupNorm head, LR 2e-3)
 R10 = ["model.backbone=resnet10", "train.lr=0.006", "model.head_norm=none"]
+R10PRE = "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"  # rmkd pretrain, 600 steps
 # data variants, each in its own folder (a cached set made with other parameters is refused)
 N1000 = ["data.synth.num_train=1000", "data.synth.out=data/digits-n1000"]  # same val images as data/digits
 BIG = ["data.synth.min_digit_size=20", "data.synth.out=data/digits-big"]  # a different val set too
@@ -44,6 +45,10 @@ CONFIGS = {
     "R18-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml", ["train.lr=0.006", "model.head_norm=none"]),
     # ResNet-18's widths with one block per stage: 0.61x its step time, a lower ceiling
     "R10-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml", R10),
+    # a cheaper teacher, for a student with a low ceiling (the frozen-body student below): the issue's trial
+    # model (R18-FPN32, 2 head convs: 59.3 AP at 2700 steps, 0.099 s/step), trained to its plateau
+    "R18-FPN32-2conv": ("teacher", "configs/teacher.yaml",
+                        ["model.backbone=resnet18", "model.fpn_channels=32", "model.head_convs=2"]),
     "R34-FPN128-4conv-nonorm": ("teacher", "configs/teacher.yaml", ["model.head_norm=none"]),
     # the student's LR lever on the teacher: 2e-3 is still rising at 4500 steps (62.9 at 3000, 66.7 at 4500)
     "R34-FPN128-4conv-lr6e-3": ("teacher", "configs/teacher.yaml", ["train.lr=0.006"]),
@@ -57,6 +62,18 @@ CONFIGS = {
                                         ["model.backbone=resnet10", "model.fpn_channels=8", "train.lr=0.006",
                                          "model.head_norm=none",
                                          "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
+    # cheaper steps and a lower ceiling: the pretrained body frozen (torchvision's rule for a pretrained
+    # detector; its BatchNorm statistics frozen too), all of it or stem + layer1 (t3: not run)
+    "R10pre-frozen-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
+                                                [*R10, R10PRE, "model.norm=frozen_bn", "model.trainable_layers=0"]),
+    # at LR 6e-3 the frozen-body student collapsed in its 4050-step run (about step 600: loss 0.64 -> 1.47,
+    # gradient norm 1.7 -> 0.12, AP 5.3; its 2700-step run did not); the default LR 2e-3 instead: flat at
+    # 4050 steps (33.0 -> 33.7 at 6075), 6 seeds' std 0.74, 0.074 s/step (docs/RESULTS.md, fifth session)
+    "R10pre-frozen-FPN16-1conv-nonorm": ("student", "configs/student.yaml",
+                                         ["model.backbone=resnet10", "model.head_norm=none", R10PRE,
+                                          "model.norm=frozen_bn", "model.trainable_layers=0"]),
+    "R10pre-t3-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
+                                            [*R10, R10PRE, "model.norm=frozen_bn", "model.trainable_layers=3"]),
     # does a longer-pretrained backbone (2400 steps, 4x) reach the detector's plateau in fewer steps?
     "R10pre2400-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
                                              [*R10,
