@@ -56,12 +56,12 @@ CONFIGS = {
                                    ["model.head_norm=none", "model.weights_backbone=data/cache/pretrain/resnet34-digits-600.pt"]),
     # the same ResNet-10 student starting from a backbone pretrained on digit crops (rmkd.pretrain)
     "R10pre-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
-                                         [*R10, "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
+                                         [*R10, R10PRE]),
     # a lower ceiling for the gap: the same pretrained ResNet-10 feeding an FPN half as wide
     "R10pre-FPN8-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
                                         ["model.backbone=resnet10", "model.fpn_channels=8", "train.lr=0.006",
                                          "model.head_norm=none",
-                                         "model.weights_backbone=data/cache/pretrain/resnet10-digits-600.pt"]),
+                                         R10PRE]),
     # cheaper steps and a lower ceiling: the pretrained body frozen (torchvision's rule for a pretrained
     # detector; its BatchNorm statistics frozen too), all of it or stem + layer1 (t3: not run)
     "R10pre-frozen-FPN16-1conv-lr6e-3-nonorm": ("student", "configs/student.yaml",
