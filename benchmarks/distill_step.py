@@ -8,6 +8,8 @@ cached  = the Distiller reading the teacher's outputs from rmkd.teacher_cache
           (what `rmkd reproduce` does) instead of running the teacher
 student = the student's own step (detection losses only): what a cached
           distillation run costs over its baseline run
+computed = the same with a frozen body computed every step (model.body_cache 0), when
+          the student's config caches its body (rmkd.models.body_cache)
 ``--student`` sets overrides of configs/student.yaml (a candidate for the benchmark regime).
 All are timed interleaved on the same batch; the ratios of medians are printed.
 """
@@ -41,8 +43,15 @@ def main() -> None:
     t_cfg = load_config(ROOT / "configs" / "teacher.yaml")
     s_cfg = load_config(ROOT / "configs" / "student.yaml", args.student)
     torch.manual_seed(0)
-    teacher = build_model(t_cfg).eval().requires_grad_(False)
-    student = build_model(s_cfg).train()
+    # initial backbone weights do not change a step's cost: none are loaded (no pretraining needed)
+    teacher = build_model(t_cfg, backbone_init=False).eval().requires_grad_(False)
+    student = build_model(s_cfg, backbone_init=False).train()
+    computed = None
+    if s_cfg.model.body_cache:
+        plain = load_config(ROOT / "configs" / "student.yaml", [*args.student, "model.body_cache=0"])
+        computed = build_model(plain, backbone_init=False).train()
+        computed.load_state_dict(student.state_dict())
+        opt_computed = build_optimizer([p for p in computed.parameters() if p.requires_grad], s_cfg)
     images, targets = digits_batch(s_cfg.train.batch_size)
     distiller = Distiller(teacher, student, {t: 1.0 for t in args.terms}).train()
     opt_kd = build_optimizer([p for p in distiller.parameters() if p.requires_grad], s_cfg)
@@ -81,7 +90,15 @@ def main() -> None:
         sum(losses.values()).backward()
         opt_cached.step()
 
+    def student_computed():
+        losses = dense_forward(computed, images, targets).losses
+        opt_computed.zero_grad()
+        sum(losses.values()).backward()
+        opt_computed.step()
+
     fns = {"floor": floor, "distill": distill, "cached": distill_cached, "student": student_alone}
+    if computed is not None:
+        fns["computed"] = student_computed
     times = interleaved(fns, args.repeat)
     ratio = times["distill"] / times["floor"]
     student_name = " ".join(args.student) or "configs/student.yaml"
@@ -93,9 +110,13 @@ def main() -> None:
     print(f"| Distiller {'+'.join(args.terms)} | {times['distill']:.4f} |")
     print(f"| Distiller {'+'.join(args.terms)}, teacher cache | {times['cached']:.4f} |")
     print(f"| student alone: fwd/bwd/step | {times['student']:.4f} |")
+    if computed is not None:
+        print(f"| student alone, frozen body computed every step (body_cache 0) | {times['computed']:.4f} |")
     print(f"overhead: {100 * (ratio - 1):+.1f}% (ratio {ratio:.3f}); "
           f"teacher cache: {times['cached'] / times['distill']:.3f} of the live step, "
           f"{times['cached'] / times['student']:.3f}x the student's own step")
+    if computed is not None:
+        print(f"body cache: the student's step is {times['student'] / times['computed']:.3f} of the step that computes its body")
 
 
 if __name__ == "__main__":

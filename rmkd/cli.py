@@ -97,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_config_args(pre)
-    pre.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: 1000)")
-    pre.add_argument("--out", required=True, metavar="FILE", help="weights file, e.g. data/cache/pretrain/r10.pt")
+    pre.add_argument("--steps", type=int, default=None, help="optimiser steps (default: model.pretrain_steps)")
+    pre.add_argument(
+        "--out", metavar="FILE",
+        help="weights file, e.g. data/cache/pretrain/r10.pt (default: the cached file that "
+        "model.weights_backbone: pretrain loads, named for the config)",
+    )  # fmt: skip
     _add_common(pre)
 
     dist = sub.add_parser(
@@ -292,10 +296,15 @@ def _dispatch(args, progress: bool) -> int:
         return 0
 
     if args.command == "pretrain":
-        from .config import load_config
+        from .config import load_config, pretrained_backbone_file
         from .pretrain import pretrain_backbone
 
-        summary = pretrain_backbone(load_config(args.config, args.set), args.out, args.steps, progress)
+        cfg = load_config(args.config, args.set)
+        steps = cfg.model.pretrain_steps if args.steps is None else args.steps
+        cfg.model.pretrain_steps = steps  # the default file is named for the steps actually run
+        out = args.out or pretrained_backbone_file(cfg)
+        summary = pretrain_backbone(cfg, out, steps, progress)
+        print(f"wrote {out}")
         print(jsonio.dumps(summary, indent=2))
         return 0
 

@@ -33,6 +33,7 @@ QUICK = [
     "train.warmup_steps=2",
     "train.checkpoint_every=3",
     "train.log_every=2",
+    "model.pretrain_steps=4",  # a student with weights_backbone: pretrain
 ]
 
 

@@ -24,10 +24,10 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from . import jsonio
-from .config import Config, ConfigError
+from .config import PRETRAIN, Config, ConfigError, pretrained_backbone_file
 from .data.loader import eval_loader, train_loader
 from .models.build import BACKBONES
-from .run import build_datasets, build_model, build_optimizer, build_scheduler, seed_everything
+from .builders import build_datasets, build_model, build_optimizer, build_scheduler, seed_everything
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # torchvision's ResNet and MobileNetV3 heads
 CROP = 32  # px: digits are 12-40 px in the 64 px images; ResNet's stride 32 leaves a 1x1 map
@@ -68,9 +68,11 @@ def pretrain_backbone(cfg: Config, out: str, steps: int, progress: bool = True) 
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     cfg = copy.deepcopy(cfg)
     cfg.train.max_steps = steps
-    seed_everything(cfg.seed)
     train_set, val = build_datasets(cfg, progress=progress)
-    transform = build_model(cfg).transform  # the detector's reading of an image
+    transform = build_model(cfg, backbone_init=False).transform  # the detector's reading of an image
+    # Seeded after the detector is built, whose initialisation draws from the RNG: the weights
+    # then depend on the seed, not on the detector's head (config.pretrained_backbone_file).
+    seed_everything(cfg.seed)
     net = classifier(cfg).train()
     opt = build_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
     sched = build_scheduler(opt, cfg)
@@ -95,9 +97,23 @@ def pretrain_backbone(cfg: Config, out: str, steps: int, progress: bool = True) 
                "val_accuracy": crop_accuracy(net, transform, val, cfg)}
     state = {k: v for k, v in net.state_dict().items() if not k.startswith(CLASSIFIER_PREFIXES)}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    torch.save(state, out)
     jsonio.write(out + ".json", summary, indent=1)
+    torch.save(state, out + ".partial")
+    os.replace(out + ".partial", out)  # a killed run never leaves a half-written weights file behind
     return summary
+
+
+def ensure_pretrained(cfg: Config, progress: bool = True) -> str | None:
+    """For ``model.weights_backbone: pretrain``, the cached weights file, pretrained now if missing
+    (``model.pretrain_steps`` steps, about 1.5 min for a ResNet-10 on 2 CPU cores); else None."""
+    if cfg.model.weights_backbone != PRETRAIN:
+        return None
+    path = pretrained_backbone_file(cfg)
+    if not os.path.isfile(path):
+        if progress:
+            print(f"pretraining the {cfg.model.backbone} backbone for {cfg.model.pretrain_steps} steps -> {path}", flush=True)
+        pretrain_backbone(cfg, path, cfg.model.pretrain_steps, progress)
+    return path
 
 
 @torch.no_grad()

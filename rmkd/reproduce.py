@@ -32,6 +32,7 @@ from . import jsonio
 from .claims import ALPHA, MARGIN, claims_markdown, paired_claims
 from .config import Config, ConfigError, load_config
 from .distill import TERMS
+from .pretrain import ensure_pretrained
 from .weighting import DEFAULT_OPTIONS, TERM_OPTIONS, calibrate, variant_key
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -189,6 +190,7 @@ def run_study(
         print(f"[{det}] teacher ({t_dir})")
         rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine))
         teacher = os.path.join(t_dir, "last.pt")
+        ensure_pretrained(s_cfg, progress)  # the student's backbone, before calibration builds it
         keys = sorted({k for m in methods for k in method_variants(m).values()})
         weights = _calibration(teacher, t_cfg, s_cfg, keys, calibration_path(csv), det) if keys else {}
         todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]

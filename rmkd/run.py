@@ -16,7 +16,6 @@ The JSON files are strict JSON (:mod:`rmkd.jsonio`): a metric that is NaN (e.g.
 from __future__ import annotations
 
 import os
-import random
 import resource
 import statistics
 import sys
@@ -31,9 +30,18 @@ from torch import nn
 from . import distributed, engine, jsonio
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, load_config, save_config
-from .data import CocoDetection, detection_transforms, make_synthetic
+from .builders import (  # noqa: F401  (re-exported: rmkd.run has always offered these)
+    build_datasets,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    data_splits,
+    scaled_lr,
+    seed_everything,
+    val_subset,
+)
 from .data.loader import eval_loader, train_loader
-from .models import build_detector
+from .pretrain import ensure_pretrained
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,130 +58,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def data_splits(cfg: Config, progress: bool = True, overwrite: bool = False) -> dict:
-    """``{"train": SplitConfig-like dict, "val": ...}``; generates the embedded set if asked."""
-    if cfg.data.source == "synth":
-        s = cfg.data.synth
-        paths = make_synthetic(
-            s.out,
-            num_train=s.num_train,
-            num_val=s.num_val,
-            image_size=s.image_size,
-            min_digits=s.min_digits,
-            max_digits=s.max_digits,
-            min_digit_size=s.min_digit_size,
-            max_digit_size=s.max_digit_size,
-            contrast=tuple(s.contrast),
-            noise_fraction=s.noise_fraction,
-            seed=s.seed,
-            progress=progress,
-            overwrite=overwrite,
-        )
-        return {"train": paths["train"], "val": paths["val"]}
-    return {
-        split: {"images": getattr(cfg.data, split).images, "annotations": getattr(cfg.data, split).annotations}
-        for split in ("train", "val")
-    }
-
-
-def build_datasets(cfg: Config, progress: bool = True, train: bool = True):
-    """(train dataset or None, val dataset), checking the class count fits the model."""
-    splits = data_splits(cfg, progress)
-    bad = cfg.data.bad_images
-    val = CocoDetection(splits["val"]["images"], splits["val"]["annotations"], bad_images=bad)
-    train_set = None
-    if train:
-        train_set = CocoDetection(
-            splits["train"]["images"], splits["train"]["annotations"], detection_transforms(True, cfg.data.hflip), bad
-        )
-    for ds in filter(None, (train_set, val)):
-        if ds.num_classes > cfg.model.num_classes:
-            raise ConfigError(
-                f"{ds.annotations} has {ds.num_classes} categories but model.num_classes is "
-                f"{cfg.model.num_classes}; set --set model.num_classes={ds.num_classes}"
-            )
-    return train_set, val
-
-
-def val_subset(val, limit: int):
-    if limit and limit < len(val):
-        return torch.utils.data.Subset(val, range(limit))
-    return val
-
-
-def build_model(cfg: Config) -> nn.Module:
-    m = cfg.model
-    return build_detector(
-        m.family,
-        m.backbone,
-        m.num_classes,
-        fpn_channels=m.fpn_channels,
-        head_convs=m.head_convs,
-        image_size=m.image_size if len(m.image_size) == 2 else m.image_size[0],
-        anchor_sizes=m.anchor_sizes,
-        scales_per_octave=m.scales_per_octave,
-        aspect_ratios=m.aspect_ratios,
-        weights_backbone=m.weights_backbone,
-        norm=m.norm,
-        head_norm=m.head_norm,
-        score_thresh=m.score_thresh,
-        nms_thresh=m.nms_thresh,
-        detections_per_img=m.detections_per_img,
-        train_sizes=m.train_sizes,
-        anchor_floor=m.anchor_floor,
-        min_level=m.min_level,
-        trainable_layers=m.trainable_layers,
-    )
-
-
-def build_optimizer(params, cfg: Config) -> torch.optim.Optimizer:
-    t = cfg.train
-    # No weight decay on norm layers and biases (1-D tensors), the usual detection recipe.
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    lr = scaled_lr(cfg)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def scaled_lr(cfg: Config) -> float:
-    """``train.lr``, scaled by the linear rule to the global batch when ``train.lr_batch`` is set."""
-    t = cfg.train
-    return t.lr * t.batch_size / t.lr_batch if t.lr_batch else t.lr
-
-
-def build_scheduler(optimizer, cfg: Config):
-    """Linear warmup, then cosine decay / steps at milestones / constant (torch's schedulers)."""
-    t = cfg.train
-    sched = torch.optim.lr_scheduler
-    warmup = min(t.warmup_steps, t.max_steps - 1)
-    rest = t.max_steps - warmup
-    if t.schedule == "cosine":
-        main = sched.CosineAnnealingLR(optimizer, T_max=max(1, rest), eta_min=t.lr * 0.01)
-    elif t.schedule == "step":
-        milestones = sorted({max(1, int(f * t.max_steps) - warmup) for f in t.milestones})
-        main = sched.MultiStepLR(optimizer, milestones, gamma=t.gamma)
-    else:
-        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup <= 0:
-        return main
-    first = sched.LinearLR(optimizer, start_factor=0.001, end_factor=1.0, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [first, main], milestones=[warmup])
 
 
 class MetricsLog:
@@ -351,11 +235,13 @@ def _set_up(cfg: Config, out_dir: str, progress: bool, make_objective, kind: str
 
 
 def _datasets(cfg: Config, ctx: distributed.Context, progress: bool):
-    """``(train set, val set)``; rank 0 generates the embedded data set while the others wait."""
+    """``(train set, val set)``; rank 0 generates the embedded data set (and pretrains the backbone on
+    it for ``model.weights_backbone: pretrain``, once) while the others wait."""
     if not ctx.main:
         distributed.barrier(ctx)
     train_set, val_set = build_datasets(cfg, progress)
     if ctx.main:
+        ensure_pretrained(cfg, progress)
         distributed.barrier(ctx)
     return train_set, val_set
 
@@ -386,7 +272,7 @@ def _resume(run: TrainingRun, resume: bool) -> dict | None:
     if not resume:
         raise ConfigError(f"{run.out_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     state = load_checkpoint(path)
-    if load_config(base=state.get("config", {})).to_dict()["model"] != run.cfg.to_dict()["model"]:
+    if _model_section(load_config(base=state.get("config", {}))) != _model_section(run.cfg):
         raise ConfigError(f"{path} was trained with another model config; resume with the same config")
     run.model.load_state_dict(state["model"])
     # adapters and other trainable state of the objective outside the detector
@@ -399,6 +285,13 @@ def _resume(run: TrainingRun, resume: bool) -> dict | None:
     if run.ctx.main:
         print(f"resuming {run.out_dir} from step {run.start}", file=sys.stderr)
     return state
+
+
+def _model_section(cfg: Config) -> dict:
+    """The model config a run must resume with (``body_cache``, a speed setting, may change)."""
+    model = cfg.to_dict()["model"]
+    model.pop("body_cache")
+    return model
 
 
 def _open_run_folder(run: TrainingRun) -> None:
@@ -645,7 +538,7 @@ def load_model(checkpoint: str, device: torch.device | str = "cpu", overrides: l
     """``(model in eval mode, config)`` from an rmkd checkpoint."""
     state = load_checkpoint(checkpoint)
     cfg = load_config(base=state.get("config", {}), overrides=overrides)
-    model = build_model(cfg)
+    model = build_model(cfg, backbone_init=False)  # the checkpoint holds every weight
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:  # missing, unexpected or misshapen tensors

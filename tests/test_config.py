@@ -93,3 +93,37 @@ def test_trainable_layers_key():
         load_config(None, ["model.trainable_layers=7"])
     with pytest.raises(ConfigError, match="ResNet backbones only.*set it to 5"):
         load_config(None, ["model.backbone=mobilenet_v3_small", "model.trainable_layers=3"])
+
+
+FROZEN_BODY = ["model.trainable_layers=0", "model.norm=frozen_bn"]
+
+
+def test_body_cache_key():
+    """A speed setting: it never splits a cache; refused (one line) for a body that learns."""
+    base = load_config(None, FROZEN_BODY)
+    assert load_config(None, FROZEN_BODY + ["model.body_cache=100"]).digest() == base.digest()
+    for bad in (["model.body_cache=100"], ["model.body_cache=100", "model.trainable_layers=0"], FROZEN_BODY + ["model.body_cache=-1"]):
+        with pytest.raises(ConfigError, match="model.body_cache.*set it to 0") as e:
+            load_config(None, bad)
+        assert "\n" not in str(e.value)
+
+
+def test_pretrain_keys_and_file():
+    """``pretrain_steps`` counts only with ``weights_backbone: pretrain`` (old keys stay); the cached
+    file is named for what shapes the weights (steps, data, seed, recipe, backbone), not for the
+    detector's own budget, head or freezing."""
+    from rmkd.config import pretrained_backbone_file
+
+    base = load_config()
+    assert load_config(None, ["model.pretrain_steps=5"]).digest() == base.digest()
+    pre = load_config(None, ["model.weights_backbone=pretrain"])
+    assert load_config(None, ["model.weights_backbone=pretrain", "model.pretrain_steps=5"]).digest() != pre.digest()
+    path = pretrained_backbone_file(pre)
+    assert path.startswith(f"data/cache/pretrain/{pre.model.backbone}-600-") and path.endswith(".pt")
+    same = ["train.max_steps=7", "model.fpn_channels=8", "model.head_convs=1", *FROZEN_BODY, "train.eval_every=5"]
+    other = ["model.pretrain_steps=5", "data.synth.seed=4", "seed=1", "train.lr=0.1", "model.backbone=resnet34"]
+    assert pretrained_backbone_file(load_config(None, ["model.weights_backbone=pretrain", *same])) == path
+    for o in other:
+        assert pretrained_backbone_file(load_config(None, ["model.weights_backbone=pretrain", o])) != path, o
+    with pytest.raises(ConfigError, match="model.pretrain_steps.*at least 1 step"):
+        load_config(None, ["model.weights_backbone=pretrain", "model.pretrain_steps=0"])

@@ -333,3 +333,63 @@ def test_trainable_layers_errors():
         _model("retinanet", trainable_layers=6)
     with pytest.raises(ValueError, match="ResNet backbones only"):
         build_detector("retinanet", "mobilenet_v3_small", K, trainable_layers=3, **SMALL)
+
+
+FROZEN = dict(trainable_layers=0, norm="frozen_bn", head_norm="none")
+
+
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_body_cache_is_the_same_function(family):
+    """A frozen body's remembered outputs: over batches that mix new and seen images (one of another
+    width), the FPN features, losses and every gradient equal the uncached model's, and the body
+    computes each image once; the state_dict names are the uncached model's."""
+    from rmkd.models.body_cache import CachedBody
+
+    plain = _model(family, **FROZEN).train()
+    cached = _model(family, body_cache=100, **FROZEN).train()
+    assert isinstance(cached.backbone.body, CachedBody)
+    assert list(cached.state_dict()) == list(plain.state_dict())
+    cached.load_state_dict(plain.state_dict())
+    images, targets = _batch()
+    more, more_targets = _batch(seed=1)
+    batches = [([images[0], images[2]], [targets[0], targets[2]]),  # new, new
+               ([images[2], more[0], images[0]], [targets[2], more_targets[0], targets[0]]),  # seen, new, seen
+               ([images[1]], [targets[1]]), ([images[1]], [targets[1]])]  # another width: new, then seen
+    for imgs, tgts in batches:
+        ours, theirs = dense_forward(cached, imgs, tgts), dense_forward(plain, imgs, tgts)
+        for a, b in zip(ours.features, theirs.features):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)  # float rounding of another batch, no more
+        cached.zero_grad(), plain.zero_grad()
+        sum(ours.losses.values()).backward()
+        sum(theirs.losses.values()).backward()
+        for (name, p), q in zip(cached.named_parameters(), plain.parameters()):
+            assert (p.grad is None) == (q.grad is None), name
+            if p.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+    body = cached.backbone.body
+    assert (body.misses, body.hits) == (4, 3)  # 4 distinct images computed once; 3 served from memory
+
+
+def test_body_cache_limits_and_copies():
+    """Past ``max_images`` new images are computed every time, still correctly; a deep copy starts empty."""
+    import copy
+
+    model = _model("retinanet", body_cache=2, **FROZEN).eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        first = dense_forward(model, images).features
+        again = dense_forward(model, images).features
+    body = model.backbone.body
+    assert len(body._maps) == 2 and (body.misses, body.hits) == (4, 2)  # the third image is not remembered
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    twin = copy.deepcopy(model)
+    assert len(twin.backbone.body._maps) == 0 and len(body._maps) == 2
+    assert torch.equal(twin.backbone.body.layer1[0].conv1.weight, body.layer1[0].conv1.weight)
+
+
+def test_body_cache_refuses_a_body_that_learns():
+    with pytest.raises(ValueError, match="layer4.*trainable: set trainable_layers=0"):
+        _model("retinanet", body_cache=10, trainable_layers=1, norm="frozen_bn")
+    with pytest.raises(ValueError, match="updates its statistics: set norm=frozen_bn"):
+        _model("retinanet", body_cache=10, trainable_layers=0, norm="bn")

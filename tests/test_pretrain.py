@@ -65,3 +65,41 @@ def test_bad_input_is_one_line(tmp_path):
                             "--out", str(tmp_path / "w.pt"), *args], capture_output=True, text=True)
         assert r.returncode != 0 and "Traceback" not in r.stderr
         assert r.stderr.strip().count("\n") == 0 and named in r.stderr, r.stderr
+
+
+def test_weights_backbone_pretrain_is_made_on_first_use(tmp_path, tiny_overrides, monkeypatch):
+    """``model.weights_backbone: pretrain``: building the detector before the file exists is a
+    one-line error naming the command; ``rmkd train`` pretrains first, into the file named for the
+    config, and the frozen body trains with exactly those weights; the file does not depend on
+    the detector's head; a checkpoint loads without it."""
+    import os
+
+    import pytest
+
+    from rmkd.config import ConfigError, pretrained_backbone_file
+    from rmkd.run import build_model, load_model, train
+
+    monkeypatch.chdir(tmp_path)  # the cache lives under ./data/cache/pretrain
+    sets = tiny_overrides + ["model.backbone=resnet10", "model.weights_backbone=pretrain", "model.pretrain_steps=3",
+                             "model.trainable_layers=0", "model.norm=frozen_bn", "model.body_cache=64",
+                             "model.head_norm=none", "train.max_steps=2"]
+    cfg = load_config(None, sets)
+    path = pretrained_backbone_file(cfg)
+    with pytest.raises(ConfigError, match="is not made yet: run `rmkd pretrain") as e:
+        build_model(cfg)
+    assert "\n" not in str(e.value) and path in str(e.value)
+    train(cfg, str(tmp_path / "run"), progress=False)
+    state = torch.load(path, weights_only=True)
+    assert json.load(open(path + ".json"))["steps"] == 3
+    trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    for key in ("conv1.weight", "layer4.0.conv2.weight", "layer2.0.bn1.running_mean"):
+        assert torch.equal(trained[f"backbone.body.{key}"], state[key]), key
+    # the same pretraining for a detector with another head and FPN: the same weights
+    other = load_config(None, sets + ["model.head_norm=gn", "model.fpn_channels=8", "model.head_convs=2"])
+    assert pretrained_backbone_file(other) == path
+    pretrain_backbone(other, str(tmp_path / "other.pt"), steps=3, progress=False)
+    again = torch.load(tmp_path / "other.pt", weights_only=True)
+    assert all(torch.equal(state[k], again[k]) for k in state)
+    os.remove(path)
+    model, _ = load_model(str(tmp_path / "run" / "last.pt"))
+    assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])

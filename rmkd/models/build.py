@@ -34,6 +34,8 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .body_cache import CachedBody
+
 FAMILIES = ("retinanet", "fcos")
 
 
@@ -113,6 +115,7 @@ def build_backbone(
     norm: str = "bn",
     min_level: int = 3,
     trainable_layers: int = 5,
+    body_cache: int = 0,
 ) -> BackboneWithFPN:
     """ResNet or MobileNetV3 + FPN returning five levels.
 
@@ -122,6 +125,8 @@ def build_backbone(
     ``trainable_layers`` (ResNet only): stages left trainable counted from ``layer4``, torchvision's
     rule (5 = all; 3, its default for a pretrained detector, freezes the stem and ``layer1``; 0 freezes
     the body). A frozen stage has ``requires_grad=False``; its BatchNorm still follows ``norm``.
+    ``body_cache`` > 0 (a frozen body only: ``trainable_layers=0``, ``norm="frozen_bn"``): the body's
+    outputs for up to that many images are kept in memory (:mod:`rmkd.models.body_cache`).
     Output: an ``OrderedDict`` of 5 maps ``[B, fpn_channels, H/2^l, W/2^l]``, l = min_level..min_level+4.
     """
     if backbone not in BACKBONES:
@@ -145,13 +150,16 @@ def build_backbone(
     if backbone.startswith("mobilenet"):
         body = body.features  # drops the classifier; its blocks are named "0", "1", ...
     extra = LastLevelMaxPool() if min_level == 2 else LastLevelP6P7(fpn_channels, fpn_channels)
-    return BackboneWithFPN(
+    out = BackboneWithFPN(
         body,
         return_layers={name: str(i) for i, name in enumerate(names)},
         in_channels_list=list(channels),
         out_channels=fpn_channels,
         extra_blocks=extra,
     )
+    if body_cache:
+        out.body = CachedBody(out.body, body_cache)
+    return out
 
 
 def _freeze_stages(backbone: str, body: nn.Module, trainable_layers: int) -> None:
@@ -228,6 +236,7 @@ def build_detector(
     anchor_floor: bool = False,
     min_level: int = 3,
     trainable_layers: int = 5,
+    body_cache: int = 0,
 ) -> nn.Module:
     """A torchvision RetinaNet or FCOS for ``num_classes`` categories (labels 1..K).
 
@@ -243,6 +252,7 @@ def build_detector(
         anchor_floor: anchor sizes rounded down to integers (torchvision's COCO RetinaNet).
         min_level: finest FPN level, 3 (P3..P7) or 2 (P2..P6; see :func:`build_backbone`).
         trainable_layers: ResNet stages trained, from ``layer4`` (5 = all; see :func:`build_backbone`).
+        body_cache: images whose frozen body's outputs are kept in memory (0 = off; see :func:`build_backbone`).
         train_sizes: multi-scale training: short sides drawn at random per image in
             training (the evaluation short side is always among them); empty: off.
         anchor_sizes: base anchor size in pixels per level (five levels from ``min_level``; RetinaNet; FCOS uses
@@ -267,7 +277,7 @@ def build_detector(
     if train_sizes:
         # torchvision draws a short side per image from min_size in training and uses min_size[-1] to evaluate.
         min_size = tuple(sorted({int(v) for v in train_sizes} - {min_size})) + (min_size,)
-    body = build_backbone(backbone, fpn_channels, weights_backbone, norm, min_level, trainable_layers)
+    body = build_backbone(backbone, fpn_channels, weights_backbone, norm, min_level, trainable_layers, body_cache)
     common = dict(
         min_size=min_size,
         max_size=max_size,
