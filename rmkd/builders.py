@@ -62,7 +62,8 @@ def build_datasets(cfg: Config, progress: bool = True, train: bool = True):
     train_set = None
     if train:
         train_set = CocoDetection(
-            splits["train"]["images"], splits["train"]["annotations"], detection_transforms(True, cfg.data.hflip), bad
+            splits["train"]["images"], splits["train"]["annotations"], detection_transforms(True, cfg.data.hflip), bad,
+            cfg.data.cache_images,
         )
     for ds in filter(None, (train_set, val)):
         if ds.num_classes > cfg.model.num_classes:

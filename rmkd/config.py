@@ -59,6 +59,9 @@ class DataConfig:
     # are digits (a mirrored digit is not a digit); 0.5 is usual for natural images
     hflip: float = 0.0
     workers: int = 0  # DataLoader worker processes
+    # keep the decoded training images in memory (each file read once): for a small set such as the
+    # embedded digits (55 MB); a speed setting, never part of a cache key
+    cache_images: bool = False
     val_limit: int = 0  # evaluate on the first N val images only (0 = all)
     # an unreadable image file: "error" stops with its name; "skip" warns with its name and goes on
     # (see docs/RELIABILITY.md)
@@ -218,6 +221,7 @@ class Config:
             d["train"].pop("amp_dtype")  # no effect without amp
         # Fault handling and checks act only when something is wrong, so they never split a cache.
         d["data"].pop("val_limit")
+        d["data"].pop("cache_images")
         d["data"].pop("bad_images")
         d["distill"].pop("check_teacher")
         if "analysis" not in sections:

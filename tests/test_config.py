@@ -127,3 +127,8 @@ def test_pretrain_keys_and_file():
         assert pretrained_backbone_file(load_config(None, ["model.weights_backbone=pretrain", o])) != path, o
     with pytest.raises(ConfigError, match="model.pretrain_steps.*at least 1 step"):
         load_config(None, ["model.weights_backbone=pretrain", "model.pretrain_steps=0"])
+
+
+def test_cache_images_key_is_speed_only():
+    assert load_config(None, ["data.cache_images=true"]).digest() == load_config().digest()
+    assert load_config(None, ["data.cache_images=true"]).data.cache_images is True

@@ -324,3 +324,24 @@ def test_image_size_that_disagrees_with_the_json(coco_dir):
         ds = CocoDetection(root / "img", root / "sizes.json")
     with pytest.raises(ValueError, match=r"rgb\.png: image is 40x30 but .*sizes\.json says 41x30"):
         ds[ds.ids.index(1)]
+
+
+def test_cache_images_reads_each_file_once(coco_dir):
+    """With ``cache_images`` an image equals the uncached read, comes back after its file is gone
+    (read once), and a caller writing into it cannot change the next read."""
+    root, _ = coco_dir
+    plain = make_dataset(coco_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cached = CocoDetection(root / "img", root / "ann.json", cache_images=True)
+    first = [cached[i][0].clone() for i in range(len(cached))]
+    for i in range(len(cached)):
+        assert torch.equal(first[i], plain[i][0])
+    cached[0][0].mul_(0)  # a transform writing in place
+    for name in ("rgb.png", "grey.png", "rgba.png"):
+        (root / "img" / name).unlink()
+    for i in range(len(cached)):
+        image = cached[i][0]
+        assert isinstance(image, tv_tensors.Image) and torch.equal(image, first[i])
+    with pytest.raises(BadImageError, match="not found"):
+        plain[0]
