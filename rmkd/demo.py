@@ -160,6 +160,7 @@ def demo_checkpoints(smoke: bool | None = None, out: str | None = None, cache: s
     out = out or ("runs/demo-smoke" if smoke else "runs/demo")
     t_cfg = load_config(_config_path(None, "teacher.yaml"), extra)
     s_cfg = load_config(_config_path(None, "student.yaml"), extra)
+    from .pretrain import ensure_pretrained
     from .run import data_splits
 
     data_splits(t_cfg, progress)
@@ -173,6 +174,7 @@ def demo_checkpoints(smoke: bool | None = None, out: str | None = None, cache: s
         missing = kind == "distill" and finished_metrics(run_dir, cfg.train.max_steps) is None
         train_cached(cfg, run_dir, progress, kind, teacher_outputs(cfg, progress) if missing else None)
         paths[name] = os.path.join(run_dir, "last.pt")
+    ensure_pretrained(s_cfg, progress)  # callers build students from this config (reused runs made it long ago)
     paths["config"] = s_cfg
     return paths
 
