@@ -76,6 +76,9 @@ TABLES = [
 ]
 # How a CSV's KD weights were set (its ``rule`` column) -> what the tables say about it.
 WEIGHT_RULES = {
+    "grad_norm_trained": "every KD term's weight gives it the gradient norm of 1.5 PFI on the student's parameters "
+    "over 8 training batches, at the baseline student trained to its budget (seed 0) (`rmkd.weighting`, "
+    "`calibration.json`); the paper's weights (RM 4, PFI 1.5) are rows of their own",
     "grad_norm": "every KD term's weight gives it the gradient norm of 1.5 PFI on the student's parameters over the "
     "first 8 training batches of a fresh student (`rmkd.weighting`, `calibration.json`); the paper's weights "
     "(RM 4, PFI 1.5) are rows of their own",
@@ -83,7 +86,8 @@ WEIGHT_RULES = {
     "*value* on the first batches equal to 1.5 PFI's (not comparable pull: RM at 4 had 30-90x less than soft-label "
     "KD); `rm_score=cls+iou_summed` summed the two KL terms",
 }
-WEIGHT_RULE = "grad_norm"  # the rule this code applies
+WEIGHT_RULE = "grad_norm_trained"  # the rule this code applies
+REFERENCE_SEED = 0  # the baseline run whose trained student the rule's gradients are taken on
 CLAIMS_RULE = (
     "Claims: the same-seed differences A - B, their 95% t-interval and paired t-test (`rmkd.claims.paired_claims`, "
     f"equal to `scipy.stats.ttest_rel`), Holm's correction over all claims at alpha {ALPHA}. *Supported*: the "
@@ -192,7 +196,15 @@ def run_study(
         teacher = os.path.join(t_dir, "last.pt")
         ensure_pretrained(s_cfg, progress)  # the student's backbone, before calibration builds it
         keys = sorted({k for m in methods for k in method_variants(m).values()})
-        weights = _calibration(teacher, t_cfg, s_cfg, keys, calibration_path(csv), det) if keys else {}
+        weights = {}
+        if keys:  # the rule matches pulls on the trained baseline: that run comes first
+            ref_cfg = method_config(s_cfg, "baseline", REFERENCE_SEED, teacher, {})
+            ref_dir = os.path.join(out, det, "baseline", f"seed{REFERENCE_SEED}")
+            print(f"[{det}] the weighting rule's reference student: baseline seed {REFERENCE_SEED} ({ref_dir})")
+            _check_same_config(ref_cfg, ref_dir)
+            run_one(ref_cfg, ref_dir, False, progress)
+            ref = os.path.join(ref_dir, "last.pt")
+            weights = _calibration(teacher, t_cfg, s_cfg, keys, calibration_path(csv), det, ref)
         todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
         runs = {k: (method_config(s_cfg, k[0], k[1], teacher, weights), os.path.join(out, det, k[0], f"seed{k[1]}")) for k in todo}
         results = _finished(det, runs, teacher, machine)  # in the CSV from the start: complete whenever the study stops
@@ -222,10 +234,22 @@ def _finished(det: str, runs: dict, teacher: str, machine: str) -> dict:
 
     out = {}
     for (method, seed), (cfg, run_dir) in runs.items():
+        _check_same_config(cfg, run_dir)
         metrics = finished_metrics(run_dir, cfg.train.max_steps)
         if metrics is not None:
             out[method, seed] = _row(det, method, seed, metrics, cfg, machine, rank_tau(run_dir, teacher, cfg))
     return out
+
+
+def _check_same_config(cfg: Config, run_dir: str) -> None:
+    """A run folder is reused or resumed only for the config it was started with: a study whose
+    weights changed (another rule, a new calibration) must not count or continue the old runs."""
+    saved = os.path.join(run_dir, "config.yaml")
+    if os.path.isfile(saved) and load_config(saved).digest() != cfg.digest():
+        raise ConfigError(
+            f"{run_dir} holds a run of another config (weights or options differ, e.g. after the weighting "
+            "rule or its calibration changed): move the folder away or pass another --out"
+        )
 
 
 def _teacher_outputs(cfg: Config, det: str, progress: bool):
@@ -269,14 +293,19 @@ def rank_tau(run_dir: str, teacher: str, cfg: Config) -> float:
     return tau
 
 
-def _calibration(teacher: str, t_cfg: Config, s_cfg: Config, keys: list[str], path: str, det: str) -> dict[str, float]:
+def _calibration(
+    teacher: str, t_cfg: Config, s_cfg: Config, keys: list[str], path: str, det: str, student: str | None = None
+) -> dict[str, float]:
     """The rule's weights for ``det``, computed once and kept in ``path`` (committed beside the
-    CSV); computed again when the teacher's or the student's config changed or a variant is new."""
+    CSV); computed again when the teacher's or the student's config, the reference student
+    (``student``: a trained checkpoint, see :mod:`rmkd.weighting`) or the rule changed, or a
+    variant is new."""
     stored = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             stored = json.load(f)
-    made_for = {"teacher_config": t_cfg.digest(), "student_config": s_cfg.digest("model", "data", "train"), "seed": s_cfg.seed}
+    made_for = {"teacher_config": t_cfg.digest(), "student_config": s_cfg.digest("model", "data", "train"), "seed": s_cfg.seed,
+                "weight_rule": WEIGHT_RULE if student else "grad_norm"}
     result = stored.get(det, {})
     stale = {k: v for k, v in made_for.items() if result.get(k) != v}
     missing = [k for k in keys if k not in result.get("weights", {})]
@@ -284,7 +313,7 @@ def _calibration(teacher: str, t_cfg: Config, s_cfg: Config, keys: list[str], pa
         why = f"configs changed ({', '.join(stale)})" if stale and result else f"new variants {', '.join(missing)}"
         print(f"[{det}] calibrating weights (equal gradient norm with 1.5 PFI): {why if result else 'first time'}")
         kept = set() if stale else set(result.get("weights", {}))  # still valid: recomputed with the new ones
-        result = {**made_for, **calibrate(teacher, s_cfg, sorted(set(keys) | kept))}
+        result = {**made_for, **calibrate(teacher, s_cfg, sorted(set(keys) | kept), student_ckpt=student)}
         stored[det] = result
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:

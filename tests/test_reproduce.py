@@ -64,6 +64,9 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     weights = saved[saved.method == "fi_gt"].weights.iloc[0]
     calibration = json.loads((csv.parent / "calibration.json").read_text())["retinanet"]
     assert weights.startswith(f"fi_gt={calibration['weights']['fi_gt']:.4g}") and calibration["weights"]["pfi"] == 1.5
+    # the rule's gradients are taken on the trained baseline (seed 0), which ran first
+    assert calibration["student"] == str(out / "retinanet" / "baseline" / "seed0" / "last.pt")
+    assert calibration["weight_rule"] == "grad_norm_trained" and set(saved.rule.dropna()) == {"grad_norm_trained"}
     assert set(saved.machine) == {"cpu%d" % __import__("os").cpu_count()} and saved.rank_tau[1:].notna().all()
     from rmkd.checkpoint import load_checkpoint
 
@@ -82,6 +85,13 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     pd.testing.assert_frame_equal(
         again.drop(columns="train_seconds"), frame.drop(columns="train_seconds"), check_exact=False, atol=1e-9
     )
+    # runs of other weights (the rule or its calibration changed) are neither counted nor resumed
+    stored = json.loads((csv.parent / "calibration.json").read_text())
+    stored["retinanet"]["weights"]["fi_gt"] *= 2
+    (csv.parent / "calibration.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="fi_gt.seed0 holds a run of another config.*another --out") as e:
+        run_study(**kw)
+    assert "\n" not in str(e.value)
 
 
 def _frame(aps: dict) -> pd.DataFrame:
@@ -167,7 +177,7 @@ def test_calibration_is_computed_once_and_again_only_when_configs_or_variants_ch
 
     calls = []
 
-    def fake(teacher, s_cfg, keys, batches=8):
+    def fake(teacher, s_cfg, keys, batches=8, student_ckpt=None):
         calls.append(list(keys))
         return {"weights": {k: float(len(k)) for k in ["pfi", *keys]}, "grad_norms": {}}
 

@@ -143,3 +143,29 @@ def test_term_report_matches_autograd_per_term():
     assert report.loc["rm", "grad_adapters"] == 0.0 and report.loc["pfi", "grad_adapters"] > 0
     after = student.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_calibrate_takes_the_gradients_on_the_student_it_is_given(tmp_path, tiny_overrides):
+    """``calibrate(student_ckpt=...)``: the norms are those of that trained student (equal to
+    gradient_norms on it, on the same training batches), not a fresh one's; the file says which."""
+    from rmkd.data.loader import train_loader
+    from rmkd.run import build_datasets, load_model, seed_everything, train
+    from rmkd.config import load_config
+    from rmkd.weighting import calibrate
+
+    sets = tiny_overrides + ["train.max_steps=3", "train.lr=0.01", "data.hflip=0.0"]  # no flips: the same batches here
+    cfg = load_config(None, sets)
+    train(cfg, str(tmp_path / "teacher"), progress=False)
+    train(load_config(None, sets + ["seed=1"]), str(tmp_path / "student"), progress=False)
+    teacher_ckpt, student_ckpt = str(tmp_path / "teacher" / "last.pt"), str(tmp_path / "student" / "last.pt")
+    keys = ["rm", "fi_full"]
+    trained = calibrate(teacher_ckpt, cfg, keys, batches=2, student_ckpt=student_ckpt)
+    fresh = calibrate(teacher_ckpt, cfg, keys, batches=2)
+    seed_everything(cfg.seed)
+    train_set, _ = build_datasets(cfg, progress=False)
+    data = list(train_loader(train_set, cfg.train.batch_size, cfg.seed, 0, 2))
+    expected = gradient_norms(load_model(teacher_ckpt)[0], load_model(student_ckpt)[0], data, ["pfi", *keys])
+    assert trained["grad_norms"] == pytest.approx(expected, rel=1e-9)
+    assert trained["grad_norms"]["rm"] != pytest.approx(fresh["grad_norms"]["rm"], rel=1e-3)
+    assert trained["student"] == student_ckpt and fresh["student"] == "fresh" and "trained student" in trained["rule"]
+    assert trained["weights"]["pfi"] == 1.5
