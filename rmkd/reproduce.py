@@ -9,8 +9,9 @@ run the CSV (``detector, method, seed, AP, ..., weights, machine, rank_tau``)
 and the markdown beside it are rewritten.
 
 Weights: one rule for every method (:mod:`rmkd.weighting`): each term's weight
-gives it the gradient norm of 1.5 PFI on the student at the start of training,
-computed once per study (``calibration.json``). The paper's own weights (RM 4,
+gives it the gradient norm of 1.5 PFI on the baseline student trained to its
+budget (seed 0, the study's first run), computed once per study
+(``calibration.json``). The paper's own weights (RM 4,
 PFI 1.5) are rows of their own (``rm_paper``, ``rm+pfi_paper``). The seed
 changes the student's initialisation and data order and is shared by every
 method, so methods are compared through same-seed differences
