@@ -24,10 +24,10 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from . import jsonio
+from .builders import build_datasets, build_model, build_optimizer, build_scheduler, seed_everything
 from .config import PRETRAIN, Config, ConfigError, pretrained_backbone_file
 from .data.loader import eval_loader, train_loader
 from .models.build import BACKBONES
-from .builders import build_datasets, build_model, build_optimizer, build_scheduler, seed_everything
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # torchvision's ResNet and MobileNetV3 heads
 CROP = 32  # px: digits are 12-40 px in the 64 px images; ResNet's stride 32 leaves a 1x1 map

@@ -4,7 +4,7 @@ A body with every weight frozen and FrozenBatchNorm (``model.trainable_layers=0`
 ``model.norm=frozen_bn``) is a fixed function of its input: on the embedded digits,
 where training adds no random augmentation, every epoch feeds it the same images and
 gets the same C2..C5 maps back. The body's forward is about a third of the frozen
-student's step on 2 CPU cores (docs/RESULTS.md, "A frozen body's features, cached"), so
+student's step on 2 CPU cores (docs/RESULTS.md, "The regime shipped, and the study v2"), so
 :class:`CachedBody` computes each image's maps once and reuses them.
 
 Images are recognised by a hash of their bytes (as the body receives them: resized and
