@@ -272,7 +272,8 @@ def _resume(run: TrainingRun, resume: bool) -> dict | None:
     if not resume:
         raise ConfigError(f"{run.out_dir} already holds a run (last.pt); pass --resume to continue it or choose another --out")
     state = load_checkpoint(path)
-    if _model_section(load_config(base=state.get("config", {}))) != _model_section(run.cfg):
+    # the digest leaves out speed settings (model.body_cache), which a resumed run may change
+    if load_config(base=state.get("config", {})).digest("model") != run.cfg.digest("model"):
         raise ConfigError(f"{path} was trained with another model config; resume with the same config")
     run.model.load_state_dict(state["model"])
     # adapters and other trainable state of the objective outside the detector
@@ -285,13 +286,6 @@ def _resume(run: TrainingRun, resume: bool) -> dict | None:
     if run.ctx.main:
         print(f"resuming {run.out_dir} from step {run.start}", file=sys.stderr)
     return state
-
-
-def _model_section(cfg: Config) -> dict:
-    """The model config a run must resume with (``body_cache``, a speed setting, may change)."""
-    model = cfg.to_dict()["model"]
-    model.pop("body_cache")
-    return model
 
 
 def _open_run_folder(run: TrainingRun) -> None:

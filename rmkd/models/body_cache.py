@@ -60,11 +60,6 @@ class CachedBody(IntermediateLayerGetter):
         names = [self.return_layers[n] for n in self if n in self.return_layers]  # the getter's order
         return OrderedDict((name, torch.stack([found[k][n] for k in keys])) for n, name in enumerate(names))
 
-    def clear(self) -> None:
-        """Forget every remembered image."""
-        self._maps.clear()
-        self.hits = self.misses = 0
-
     def __deepcopy__(self, memo):
         """A copy starts with an empty memory (a copied model must not carry hundreds of MB along)."""
         new = CachedBody.__new__(CachedBody)
