@@ -335,7 +335,8 @@ def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, mach
         "seed": seed,
         **{k: 100 * metrics[k] if metrics[k] is not None else math.nan for k in METRICS},
         "steps": metrics["step"],
-        "train_seconds": summary.get("train_seconds"),
+        "train_seconds": summary.get("train_seconds"),  # the last invocation only, if the run was resumed
+        "sec_per_step": summary.get("sec_per_step_median"),  # median over logged steps: robust to pauses
         "weights": run_label(cfg) if METHODS.get(method) else "",
         "backbone": f"{cfg.model.backbone}-FPN{cfg.model.fpn_channels}",
         "machine": machine,
@@ -388,6 +389,7 @@ def ablation_tables(frame: pd.DataFrame) -> str:
              f"students: {regime}. "
              "Kendall tau: mean rank agreement of teacher and student over each object's candidates "
              f"(first {RANK_IMAGES} val images).", ""]  # fmt: skip
+    lines += [study_cost(frame), ""]
     for det, group in summary.groupby("detector", sort=False):
         runs = frame[frame.detector == det]
         t = runs[runs.method == "teacher"]
@@ -416,6 +418,19 @@ def ablation_tables(frame: pd.DataFrame) -> str:
                   claims_markdown(claims), ""]  # fmt: skip
         lines += [f"## {det}: defaults", "", *defaults_lines(claims), ""]
     return "\n".join(lines)
+
+
+def study_cost(frame: pd.DataFrame) -> str:
+    """One line: the study's compute, median s/step x steps summed over its student runs (a
+    resumed or paused run's wall clock would miscount it), and the teacher's the same way."""
+    if "sec_per_step" not in frame or frame.sec_per_step.isna().all():
+        return "Cost: not recorded in this CSV (no `sec_per_step` column)."
+    cost = frame.sec_per_step * frame.steps
+    students = frame.method != "teacher"
+    missing = int(frame.sec_per_step[students].isna().sum())
+    return (f"Cost: {cost[students].sum() / 3600:.2f} h for {int(students.sum()) - missing} student runs "
+            f"(median s/step x steps, summed){f', {missing} runs without a step time' if missing else ''}; "
+            f"teacher {cost[~students].sum() / 60:.1f} min, trained once.")
 
 
 def _values(frame: pd.DataFrame, column: str) -> str:

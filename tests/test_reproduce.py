@@ -49,6 +49,10 @@ def test_summary_means_stds_and_gap_closed():
     assert summary.loc["baseline", "seeds"] == 3
     text = ablation_tables(frame)
     assert "| pfi |" in text and "32.0 ± 2.6" in text and "+10.0" in text and "36%" in text
+    assert "Cost: not recorded" in text
+    timed = frame.assign(steps=[1800] + [900] * 6, sec_per_step=[2.0] + [0.5, 1.5, 1.0, 0.5, 0.5, math.nan])
+    # 900 * (0.5 + 1.5 + 1.0 + 0.5 + 0.5) s of students = 1.00 h; the teacher 1800 * 2 s = 60 min
+    assert "Cost: 1.00 h for 5 student runs (median s/step x steps, summed), 1 runs without a step time; teacher 60.0 min" in ablation_tables(timed)
 
 
 def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
@@ -68,6 +72,8 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert calibration["student"] == str(out / "retinanet" / "baseline" / "seed0" / "last.pt")
     assert calibration["weight_rule"] == "grad_norm_trained" and set(saved.rule.dropna()) == {"grad_norm_trained"}
     assert set(saved.machine) == {"cpu%d" % __import__("os").cpu_count()} and saved.rank_tau[1:].notna().all()
+    summary = json.loads((out / "retinanet" / "fi_gt" / "seed1" / "metrics.json").read_text())["train_summary"]
+    assert saved.sec_per_step.iloc[-1] == pytest.approx(summary["sec_per_step_median"], abs=1e-4)  # the study's cost
     from rmkd.checkpoint import load_checkpoint
 
     w0, w1 = (load_checkpoint(out / "retinanet" / "baseline" / f"seed{k}" / "last.pt")["model"] for k in (0, 1))
@@ -83,7 +89,7 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert "| claim | A - B | seeds | mean diff | SD | 95% CI |" in printed  # the paired-claims table
     assert ckpt.stat().st_mtime_ns == before  # finished runs are not retrained
     pd.testing.assert_frame_equal(
-        again.drop(columns="train_seconds"), frame.drop(columns="train_seconds"), check_exact=False, atol=1e-9
+        *(f.drop(columns=["train_seconds", "sec_per_step"]) for f in (again, frame)), check_exact=False, atol=1e-9
     )
     # runs of other weights (the rule or its calibration changed) are neither counted nor resumed
     stored = json.loads((csv.parent / "calibration.json").read_text())
