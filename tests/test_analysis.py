@@ -252,6 +252,7 @@ def test_analyze_writes_frames_figures_and_summary(tmp_path, tiny_overrides):
     assert set(summary["summary"]) == {"baseline", "RM+PFI"}
     text = (out / "summary.md").read_text()
     assert "RM+PFI vs baseline" in text and "Kendall tau" in text
+    assert "| baseline | P3 |" in text and "| RM+PFI | P7 |" in text  # levels named by stride (this model: P3-P7)
     for png in ("tau_by_size.png", "gap_panels_baseline.png", "gap_panels_rm_pfi.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # a trained adapter is read back from the distilled checkpoint
@@ -260,6 +261,19 @@ def test_analyze_writes_frames_figures_and_summary(tmp_path, tiny_overrides):
          "--set", "analysis.adapter=trained", "--out", str(tmp_path / "a2"), "--details", "0", "--no-progress"]
     )  # fmt: skip
     assert code == 0
+
+
+def test_summary_names_levels_by_stride():
+    """A P2-P6 detector's levels are P2..P6 in summary.md, not P3..P7 (the first level is stride 4)."""
+    from rmkd.analysis.report import summary_markdown
+
+    stats = dict.fromkeys(["pearson", "spearman", "top_iou", "f_dif_in_gt", "p_dif_in_gt", "gt_fraction"], 0.5)
+    levels = pd.DataFrame([{"student": "s", "level": i, "stride": 4 * 2**i, **stats} for i in range(5)])
+    instances = pd.DataFrame({"student": ["s"], "size": ["small"], "kendall_tau": [0.5]})
+    summary = {"s": {k: 0.5 for k in ("kendall_tau", "top1_agree", "s_top1_iou", "kept_anchor_differs", "gap_pearson",
+                                      "gap_top_iou", "f_dif_in_gt", "p_dif_in_gt", "gt_fraction")} | {"instances": 1, "images": 1}}
+    text = summary_markdown(summary, instances, levels)
+    assert [f"| s | P{l} |" in text for l in range(2, 8)] == [True] * 5 + [False]
 
 
 def test_collect_works_for_fcos(tiny_val):

@@ -23,6 +23,7 @@ from torch import nn
 from .. import jsonio
 from ..checkpoint import load_checkpoint
 from ..config import ConfigError
+from ..models import level_name
 from .collect import collect, summarize
 
 HEADLINE = {
@@ -207,11 +208,11 @@ def summary_markdown(summaries: dict[str, dict], instances: pd.DataFrame, levels
     lines += ["## Kendall tau by size class", "", "| student | size | mean tau | instances |", "|---|---|---|---|"]
     for r in by_size.itertuples():
         lines.append(f"| {r.student} | {r.size} | {_fmt(r.mean)} | {r.count} |")
-    by_level = levels.groupby(["student", "level"], sort=False)[["pearson", "spearman", "top_iou", "f_dif_in_gt", "p_dif_in_gt", "gt_fraction"]].mean()
+    by_level = levels.groupby(["student", "stride"], sort=False)[["pearson", "spearman", "top_iou", "f_dif_in_gt", "p_dif_in_gt", "gt_fraction"]].mean()
     lines += ["", "## F_dif vs P_dif by FPN level (means over images)", "", "| student | level | Pearson | Spearman | top-10% IoU | F_dif in GT | P_dif in GT | GT area share |", "|---|---|---|---|---|---|---|---|"]
-    for (student, level), r in by_level.iterrows():
+    for (student, stride), r in by_level.iterrows():
         lines.append(
-            f"| {student} | P{3 + int(level)} | {_fmt(r.pearson)} | {_fmt(r.spearman)} | {_fmt(r.top_iou)} | "
+            f"| {student} | {level_name(int(stride))} | {_fmt(r.pearson)} | {_fmt(r.spearman)} | {_fmt(r.top_iou)} | "
             f"{_fmt(r.f_dif_in_gt)} | {_fmt(r.p_dif_in_gt)} | {_fmt(r.gt_fraction)} |"
         )
     if figures:
