@@ -213,11 +213,13 @@ def _set_up(cfg: Config, out_dir: str, progress: bool, make_objective, kind: str
         )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
-    seed_everything(cfg.seed)
     if cfg.analysis.every and make_objective is None and not cfg.analysis.teacher:
         raise ConfigError("analysis.every is set but there is no teacher to compare with: set analysis.teacher=CKPT")
     progress = progress and ctx.main
     train_set, val_set = _datasets(cfg, ctx, progress)
+    # Seeded after the data and the pretrained backbone: either may be made here on first use,
+    # and pretraining draws from the RNG, so a run must not start differently when they existed.
+    seed_everything(cfg.seed)
     model = _student(cfg, ctx, device)
     objective = (make_objective or (lambda m, d: engine.DetectionLoss(m)))(model, device).to(device)
     optimizer = build_optimizer([p for p in objective.parameters() if p.requires_grad], cfg)

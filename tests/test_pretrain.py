@@ -94,6 +94,11 @@ def test_weights_backbone_pretrain_is_made_on_first_use(tmp_path, tiny_overrides
     trained = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
     for key in ("conv1.weight", "layer4.0.conv2.weight", "layer2.0.bn1.running_mean"):
         assert torch.equal(trained[f"backbone.body.{key}"], state[key]), key
+    # a second run, the file now made: the same run to the last weight (pretraining on first use
+    # draws from the RNG, so the run must be seeded after it)
+    train(cfg, str(tmp_path / "again"), progress=False)
+    again_run = torch.load(tmp_path / "again" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(trained[k], again_run[k]) for k in trained)
     # the same pretraining for a detector with another head and FPN: the same weights
     other = load_config(None, sets + ["model.head_norm=gn", "model.fpn_channels=8", "model.head_convs=2"])
     assert pretrained_backbone_file(other) == path
