@@ -193,7 +193,7 @@ def run_study(
         data_splits(t_cfg, progress)
         t_dir = teacher_dir(t_cfg, cache)
         print(f"[{det}] teacher ({t_dir})")
-        rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine))
+        rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine, t_dir))
         teacher = os.path.join(t_dir, "last.pt")
         ensure_pretrained(s_cfg, progress)  # the student's backbone, before calibration builds it
         keys = sorted({k for m in methods for k in method_variants(m).values()})
@@ -220,7 +220,7 @@ def run_study(
                 if kd and teacher_cache and outputs is None:
                     outputs, teacher_cache = _teacher_outputs(cfg, det, progress)
                 metrics = run_one(cfg, run_dir, kd, progress, outputs)
-                results[method, seed] = _row(det, method, seed, metrics, cfg, machine, rank_tau(run_dir, teacher, cfg))
+                results[method, seed] = _row(det, method, seed, metrics, cfg, machine, run_dir, rank_tau(run_dir, teacher, cfg))
                 write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
         rows += [results[k] for k in todo]
     frame = pd.DataFrame(rows)
@@ -238,7 +238,7 @@ def _finished(det: str, runs: dict, teacher: str, machine: str) -> dict:
         _check_same_config(cfg, run_dir)
         metrics = finished_metrics(run_dir, cfg.train.max_steps)
         if metrics is not None:
-            out[method, seed] = _row(det, method, seed, metrics, cfg, machine, rank_tau(run_dir, teacher, cfg))
+            out[method, seed] = _row(det, method, seed, metrics, cfg, machine, run_dir, rank_tau(run_dir, teacher, cfg))
     return out
 
 
@@ -327,7 +327,8 @@ def calibration_path(csv: str) -> str:
     return os.path.join(os.path.dirname(csv), "calibration.json")
 
 
-def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, machine: str, tau: float = math.nan) -> dict:
+def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, machine: str, run_dir: str,
+         tau: float = math.nan) -> dict:
     summary = metrics.get("train_summary", {})
     return {
         "detector": detector,
@@ -342,7 +343,44 @@ def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, mach
         "machine": machine,
         "rank_tau": tau,
         "rule": WEIGHT_RULE if METHODS.get(method) else "",
+        **(training_losses(run_dir) if method != "teacher" else {}),
     }
+
+
+LOSS_WINDOW = 0.1  # the share of a run's logged steps averaged at its start and at its end
+
+
+def training_losses(run_dir: str) -> dict[str, float]:
+    """What the terms did during a run, from its ``metrics.jsonl``: the detection loss over the
+    last :data:`LOSS_WINDOW` of the logged steps, and the weighted distillation terms (summed)
+    over the first and the last. A term the student cannot lower, or a detection loss that ends
+    above the baseline's, is something AP alone does not show."""
+    from .plots import read_metrics
+
+    frame = read_metrics(run_dir, prefix="train").drop_duplicates("step", keep="last")  # a resumed run re-logs steps
+    n = max(1, round(LOSS_WINDOW * len(frame)))
+    det = [c for c in ("classification", "bbox_regression", "bbox_ctrness") if c in frame]
+    kd = [c for c in TERMS if c in frame]
+    kd_mean = lambda part: float(part[kd].sum(axis=1).mean()) if kd else math.nan  # noqa: E731
+    return {"det_loss_end": float(frame.tail(n)[det].sum(axis=1).mean()),
+            "kd_loss_start": kd_mean(frame.head(n)), "kd_loss_end": kd_mean(frame.tail(n))}
+
+
+def losses_lines(frame: pd.DataFrame) -> list[str]:
+    """Markdown: per method, means over seeds of :func:`training_losses`' columns."""
+    if "det_loss_end" not in frame:
+        return []
+    students = frame[frame.method != "teacher"]
+    means = students.groupby("method", sort=False)[["det_loss_end", "kd_loss_start", "kd_loss_end"]].mean()
+    base = means.det_loss_end.get("baseline", math.nan)
+    lines = [f"Training losses, means over seeds (first / last {LOSS_WINDOW:.0%} of the logged steps; KD terms weighted "
+             "and summed): does a method lower its own term, and what does it do to the detection loss?", "",
+             "| method | detection loss at the end | vs baseline | KD terms at the start | at the end |", "|---|---|---|---|---|"]
+    for method, r in means.iterrows():
+        change = "" if method == "baseline" or base != base else f"{100 * (r.det_loss_end / base - 1):+.0f}%"
+        kd = ("-", "-") if r.kd_loss_start != r.kd_loss_start else (f"{r.kd_loss_start:.4f}", f"{r.kd_loss_end:.4f}")
+        lines.append(f"| {method} | {r.det_loss_end:.4f} | {change} | {kd[0]} | {kd[1]} |")
+    return lines + [""]
 
 
 def write_results(frame: pd.DataFrame, csv: str) -> None:
@@ -411,6 +449,7 @@ def ablation_tables(frame: pd.DataFrame) -> str:
                     f"{_pct(r.gap_closed) if method != 'baseline' else ''} | {_std(r.tau_mean, '.3f')} |"
                 )
             lines.append("")
+        lines += [f"## {det}: the terms in training", "", *losses_lines(runs)] if "det_loss_end" in runs else []
         claims = paired_claims(runs)
         rules = sorted(set(runs.get("rule", pd.Series(dtype=str)).dropna()) - {""})
         weights = "; ".join(f"`{r}`: {WEIGHT_RULES.get(r, 'unknown')}" for r in rules) or "none"

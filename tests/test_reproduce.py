@@ -64,7 +64,7 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert list(frame.method) == ["teacher"] + ["baseline"] * 2 + ["fi_gt"] * 2
     saved = pd.read_csv(csv)
     assert {"detector", "method", "seed", "AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(saved.columns)
-    assert len(saved) == 5 and csv.with_suffix(".md").read_text().count("| fi_gt |") == 1
+    assert len(saved) == 5 and csv.with_suffix(".md").read_text().count("| fi_gt |") == 2  # its table, the losses table
     weights = saved[saved.method == "fi_gt"].weights.iloc[0]
     calibration = json.loads((csv.parent / "calibration.json").read_text())["retinanet"]
     assert weights.startswith(f"fi_gt={calibration['weights']['fi_gt']:.4g}") and calibration["weights"]["pfi"] == 1.5
@@ -74,6 +74,13 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert set(saved.machine) == {"cpu%d" % __import__("os").cpu_count()} and saved.rank_tau[1:].notna().all()
     summary = json.loads((out / "retinanet" / "fi_gt" / "seed1" / "metrics.json").read_text())["train_summary"]
     assert saved.sec_per_step.iloc[-1] == pytest.approx(summary["sec_per_step_median"], abs=1e-4)  # the study's cost
+    logged = [json.loads(line)["train"] for line in open(out / "retinanet" / "fi_gt" / "seed1" / "metrics.jsonl") if '"train"' in line]
+    n = max(1, round(0.1 * len(logged)))
+    last = saved.iloc[-1]  # fi_gt seed 1: its detection loss at the end, its own (weighted) term at the start and end
+    assert last.det_loss_end == pytest.approx(sum(r["classification"] + r["bbox_regression"] for r in logged[-n:]) / n, abs=1e-4)
+    assert last.kd_loss_start == pytest.approx(sum(r["fi_gt"] for r in logged[:n]) / n, abs=1e-4)
+    assert last.kd_loss_end == pytest.approx(sum(r["fi_gt"] for r in logged[-n:]) / n, abs=1e-4)
+    assert saved.kd_loss_start[saved.method == "baseline"].isna().all() and "the terms in training" in csv.with_suffix(".md").read_text()
     from rmkd.checkpoint import load_checkpoint
 
     w0, w1 = (load_checkpoint(out / "retinanet" / "baseline" / f"seed{k}" / "last.pt")["model"] for k in (0, 1))
