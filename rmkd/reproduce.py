@@ -5,8 +5,8 @@ the student is trained with every method over its seeds, all on the same step
 budget. A run folder per (detector, method, seed) under ``--out``; a finished
 run (``metrics.json`` at the full step count) is skipped, a partial one resumes
 from its ``last.pt``, so a killed study picks up where it stopped. After every
-run the CSV (``detector, method, seed, AP, ..., weights, machine, rank_tau``)
-and the markdown beside it are rewritten.
+run the CSV (``detector, method, seed, AP, ..., sec_per_step, weights, machine, rank_tau,
+det_loss_end, kd_loss_start, kd_loss_end``) and the markdown beside it are rewritten.
 
 Weights: one rule for every method (:mod:`rmkd.weighting`): each term's weight
 gives it the gradient norm of 1.5 PFI on the baseline student trained to its
