@@ -152,6 +152,10 @@ def main() -> None:
     p.add_argument("--machine", default="cpu2", help="recorded in the CSV (one table never mixes machines)")
     p.add_argument("--set", nargs="*", default=[], dest="extra", help="overrides for every run")
     a = p.parse_args()
+    owned = [o for o in a.extra if o.split("=", 1)[0] in ("seed", "train.max_steps", "train.eval_every")]
+    if owned:  # the run would silently differ from its row's label
+        p.error(f"--set {' '.join(owned)}: the plan sets seed, train.max_steps and train.eval_every of each run and "
+                "labels its CSV row by them; choose them with --plan, --steps and --config instead")
     have = pd.read_csv(a.csv) if os.path.isfile(a.csv) else pd.DataFrame(columns=COLUMNS)
     for plan in a.plan:
         generated = {"seeds": seeds_plan, "budget": budget_plan}
