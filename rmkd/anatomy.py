@@ -42,16 +42,13 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from .candidates import paired_iou
-from .models import dense_forward, level_names, postprocess
+from .models import DETECTION_LOSSES, dense_forward, level_names, postprocess
 from .plots import read_metrics
 
 GT_COLOR = "#39ff14"  # as rmkd.plots: bright green reads on photos and on digits
 HIT_COLOR = "#1f77b4"
 MISS_COLOR = "#d62728"
 BOX_COLS = ["x1", "y1", "x2", "y2"]
-# The detector's own loss terms (RetinaNet: the first two; FCOS adds centerness);
-# a distilled run's "loss" also holds its KD terms, so runs compare on these.
-DETECTION_LOSSES = ("classification", "bbox_regression", "bbox_ctrness")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -33,6 +33,7 @@ from . import jsonio
 from .claims import ALPHA, MARGIN, claims_markdown, paired_claims
 from .config import Config, ConfigError, load_config
 from .distill import TERMS
+from .models import DETECTION_LOSSES
 from .pretrain import ensure_pretrained
 from .weighting import DEFAULT_OPTIONS, TERM_OPTIONS, calibrate, variant_key
 
@@ -359,21 +360,23 @@ def training_losses(run_dir: str) -> dict[str, float]:
 
     frame = read_metrics(run_dir, prefix="train").drop_duplicates("step", keep="last")  # a resumed run re-logs steps
     n = max(1, round(LOSS_WINDOW * len(frame)))
-    det = [c for c in ("classification", "bbox_regression", "bbox_ctrness") if c in frame]
+    det = [c for c in DETECTION_LOSSES if c in frame]
     kd = [c for c in TERMS if c in frame]
     kd_mean = lambda part: float(part[kd].sum(axis=1).mean()) if kd else math.nan  # noqa: E731
     return {"det_loss_end": float(frame.tail(n)[det].sum(axis=1).mean()),
             "kd_loss_start": kd_mean(frame.head(n)), "kd_loss_end": kd_mean(frame.tail(n))}
 
 
-def losses_lines(frame: pd.DataFrame) -> list[str]:
-    """Markdown: per method, means over seeds of :func:`training_losses`' columns."""
+def losses_lines(frame: pd.DataFrame, det: str) -> list[str]:
+    """Markdown section ``det: the terms in training``: per method, means over seeds of
+    :func:`training_losses`' columns (nothing for a CSV without them)."""
     if "det_loss_end" not in frame:
         return []
     students = frame[frame.method != "teacher"]
     means = students.groupby("method", sort=False)[["det_loss_end", "kd_loss_start", "kd_loss_end"]].mean()
     base = means.det_loss_end.get("baseline", math.nan)
-    lines = [f"Training losses, means over seeds (first / last {LOSS_WINDOW:.0%} of the logged steps; KD terms weighted "
+    lines = [f"## {det}: the terms in training", "",
+             f"Training losses, means over seeds (first / last {LOSS_WINDOW:.0%} of the logged steps; KD terms weighted "
              "and summed): does a method lower its own term, and what does it do to the detection loss?", "",
              "| method | detection loss at the end | vs baseline | KD terms at the start | at the end |", "|---|---|---|---|---|"]
     for method, r in means.iterrows():
@@ -449,7 +452,7 @@ def ablation_tables(frame: pd.DataFrame) -> str:
                     f"{_pct(r.gap_closed) if method != 'baseline' else ''} | {_std(r.tau_mean, '.3f')} |"
                 )
             lines.append("")
-        lines += [f"## {det}: the terms in training", "", *losses_lines(runs)] if "det_loss_end" in runs else []
+        lines += losses_lines(runs, det)
         claims = paired_claims(runs)
         rules = sorted(set(runs.get("rule", pd.Series(dtype=str)).dropna()) - {""})
         weights = "; ".join(f"`{r}`: {WEIGHT_RULES.get(r, 'unknown')}" for r in rules) or "none"

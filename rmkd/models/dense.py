@@ -23,6 +23,10 @@ from torch import Tensor, nn
 
 from .build import detector_family
 
+# The detector's own loss terms, as torchvision names them (RetinaNet: the first two; FCOS adds
+# centerness); a distilled run also logs its KD terms, so runs compare on these.
+DETECTION_LOSSES = ("classification", "bbox_regression", "bbox_ctrness")
+
 
 @dataclass(eq=False)
 class DenseOutputs:
