@@ -6,7 +6,10 @@ budget. A run folder per (detector, method, seed) under ``--out``; a finished
 run (``metrics.json`` at the full step count) is skipped, a partial one resumes
 from its ``last.pt``, so a killed study picks up where it stopped. After every
 run the CSV (``detector, method, seed, AP, ..., sec_per_step, weights, machine, rank_tau,
-det_loss_end, kd_loss_start, kd_loss_end``) and the markdown beside it are rewritten.
+det_loss_end, kd_loss_start, kd_loss_end, config``) and the markdown beside it are rewritten.
+A run whose folder is gone (a fresh checkout: run folders are not committed) but whose
+row is in the CSV with the same config digest and machine is kept from the CSV, not
+trained again, so a study spread over several checkouts only adds the runs it lacks.
 
 Weights: one rule for every method (:mod:`rmkd.weighting`): each term's weight
 gives it the gradient norm of 1.5 PFI on the baseline student trained to its
@@ -24,6 +27,7 @@ import copy
 import json
 import math
 import os
+import platform
 from pathlib import Path
 
 import pandas as pd
@@ -142,10 +146,29 @@ def run_label(cfg: Config) -> str:
 
 
 def machine_name() -> str:
-    """``cpu2`` (CPU cores) or the GPU's name: one table never mixes machines."""
+    """``cpu2-intel`` (CPU cores and vendor) or the GPU's name: one table never mixes machines.
+
+    The vendor is part of the name because the same config and seed train to other weights on
+    another CPU (measured: the study's teacher scored 63.95 AP on an Intel Xeon, 63.11 on an AMD
+    EPYC); a finer difference (another generation, same vendor) is caught by the teacher check
+    (:func:`_check_teacher`)."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0).replace(" ", "_")
-    return f"cpu{os.cpu_count()}"
+    return f"cpu{os.cpu_count()}-{cpu_vendor()}"
+
+
+CPU_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+
+
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """``intel``, ``amd``, or the architecture (``aarch64``, ...) where ``cpuinfo`` names no vendor we know."""
+    if os.path.isfile(cpuinfo):
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                    return CPU_VENDORS.get(vendor, vendor.lower() or platform.machine())
+    return platform.machine() or "unknown"
 
 
 def run_one(cfg: Config, run_dir: str, kd: bool, progress: bool, teacher_cache=None) -> dict:
@@ -195,26 +218,24 @@ def run_study(
         t_dir = teacher_dir(t_cfg, cache)
         print(f"[{det}] teacher ({t_dir})")
         rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine, t_dir))
+        _check_teacher(csv, rows[-1])
         teacher = os.path.join(t_dir, "last.pt")
         ensure_pretrained(s_cfg, progress)  # the student's backbone, before calibration builds it
         keys = sorted({k for m in methods for k in method_variants(m).values()})
-        weights = {}
-        if keys:  # the rule matches pulls on the trained baseline: that run comes first
-            ref_cfg = method_config(s_cfg, "baseline", REFERENCE_SEED, teacher, {})
-            ref_dir = os.path.join(out, det, "baseline", f"seed{REFERENCE_SEED}")
-            print(f"[{det}] the weighting rule's reference student: baseline seed {REFERENCE_SEED} ({ref_dir})")
-            _check_same_config(ref_cfg, ref_dir)
-            run_one(ref_cfg, ref_dir, False, progress)
-            ref = os.path.join(ref_dir, "last.pt")
-            weights = _calibration(teacher, t_cfg, s_cfg, keys, calibration_path(csv), det, ref)
+        weights = _weights(out, det, teacher, t_cfg, s_cfg, keys, calibration_path(csv), progress) if keys else {}
         todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
         runs = {k: (method_config(s_cfg, k[0], k[1], teacher, weights), os.path.join(out, det, k[0], f"seed{k[1]}")) for k in todo}
         results = _finished(det, runs, teacher, machine)  # in the CSV from the start: complete whenever the study stops
+        absent = {k: v for k, v in runs.items() if not os.path.exists(v[1])}  # a folder there is reused or resumed
+        kept = recorded_rows(csv, det, absent, machine)
+        if kept:
+            print(f"[{det}] {len(kept)} runs kept from {csv} (same config, run folders absent)")
+        results.update(kept)
         write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
         outputs = None  # the teacher cache, built when the first distillation needs it
         for i, (method, seed) in enumerate(todo, 1):
             cfg, run_dir = runs[method, seed]
-            state = "done" if (method, seed) in results else "running"
+            state = "recorded" if (method, seed) in kept else "done" if (method, seed) in results else "running"
             print(f"[{det} {i}/{len(todo)}] {method} seed {seed}: {state} ({run_dir})")
             if state == "running":
                 kd = METHODS[method] is not None
@@ -228,6 +249,38 @@ def run_study(
     write_results(frame, csv)
     print(claims_markdown(paired_claims(frame)))
     return frame
+
+
+def _weights(out: str, det: str, teacher: str, t_cfg: Config, s_cfg: Config, keys: list[str], path: str,
+             progress: bool) -> dict[str, float]:
+    """The rule's weights: read from ``path`` when current, else measured on the trained
+    reference baseline (:data:`REFERENCE_SEED`), which is trained first for that."""
+    ref_cfg = method_config(s_cfg, "baseline", REFERENCE_SEED, teacher, {})
+    ref_dir = os.path.join(out, det, "baseline", f"seed{REFERENCE_SEED}")
+    ref = os.path.join(ref_dir, "last.pt")
+    stored = _stored_weights(path, det, _made_for(t_cfg, s_cfg, ref), keys)
+    if stored is not None:
+        return stored
+    print(f"[{det}] the weighting rule's reference student: baseline seed {REFERENCE_SEED} ({ref_dir})")
+    _check_same_config(ref_cfg, ref_dir)
+    run_one(ref_cfg, ref_dir, False, progress)
+    return _calibration(teacher, t_cfg, s_cfg, keys, path, det, ref)
+
+
+def recorded_rows(csv: str, det: str, runs: dict, machine: str) -> dict:
+    """Rows of ``csv`` for ``runs`` trained with exactly their config (``config`` digest) on this
+    machine: ``{(method, seed): row}``. Rows without a digest are never kept."""
+    if not os.path.isfile(csv):
+        return {}
+    old = pd.read_csv(csv, dtype={"config": str})
+    if "config" not in old:
+        return {}
+    out = {}
+    for r in old[(old.detector == det) & (old.machine == machine)].to_dict("records"):
+        key = (r["method"], int(r["seed"]))
+        if key in runs and r["config"] == runs[key][0].digest():
+            out[key] = r
+    return out
 
 
 def _finished(det: str, runs: dict, teacher: str, machine: str) -> dict:
@@ -273,6 +326,24 @@ def _check_machine(csv: str, machine: str) -> None:
         raise ConfigError(f"{csv} holds runs from {', '.join(others)}, this machine is {machine}: pass --csv a new file")
 
 
+def _check_teacher(csv: str, teacher: dict) -> None:
+    """The teacher trained here must score what the CSV's teacher of the same config scored, to
+    every recorded digit: if not, this machine computes differently (another CPU, another torch)
+    and its runs cannot join that table, whose rows would otherwise be kept beside them."""
+    if not os.path.isfile(csv):
+        return
+    old = pd.read_csv(csv, dtype={"config": str})
+    if "config" not in old:
+        return
+    same = old[(old.method == "teacher") & (old.detector == teacher["detector"]) & (old.config == teacher["config"])]
+    for r in same.itertuples():
+        if any(f"{getattr(r, k):.4f}" != f"{teacher[k]:.4f}" for k in ("AP", "AP50", "AP75")):  # as the CSV writes them
+            raise ConfigError(
+                f"{csv}: its teacher scored {r.AP:.4f} AP, the same config trained here {teacher['AP']:.4f}: this "
+                f"machine ({teacher['machine']}) computes differently, so its runs cannot join that table: pass --csv a new file"
+            )
+
+
 def rank_tau(run_dir: str, teacher: str, cfg: Config) -> float:
     """Mean Kendall tau of teacher vs student candidate rankings on the first
     :data:`RANK_IMAGES` val images (what ``rmkd analyze`` reports), measured once per run."""
@@ -302,12 +373,8 @@ def _calibration(
     CSV); computed again when the teacher's or the student's config, the reference student
     (``student``: a trained checkpoint, see :mod:`rmkd.weighting`) or the rule changed, or a
     variant is new."""
-    stored = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            stored = json.load(f)
-    made_for = {"teacher_config": t_cfg.digest(), "student_config": s_cfg.digest("model", "data", "train"), "seed": s_cfg.seed,
-                "weight_rule": WEIGHT_RULE if student else "grad_norm"}
+    stored = _read_calibration(path)
+    made_for = _made_for(t_cfg, s_cfg, student)
     result = stored.get(det, {})
     stale = {k: v for k, v in made_for.items() if result.get(k) != v}
     missing = [k for k in keys if k not in result.get("weights", {})]
@@ -321,6 +388,26 @@ def _calibration(
         with open(path, "w", encoding="utf-8") as f:
             jsonio.dump(stored, f, indent=2)
     return result["weights"]
+
+
+def _read_calibration(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _made_for(t_cfg: Config, s_cfg: Config, student: str | None) -> dict:
+    """What a calibration depends on: it is current only while all of these are unchanged."""
+    return {"teacher_config": t_cfg.digest(), "student_config": s_cfg.digest("model", "data", "train"), "seed": s_cfg.seed,
+            "weight_rule": WEIGHT_RULE if student else "grad_norm"}
+
+
+def _stored_weights(path: str, det: str, made_for: dict, keys: list[str]) -> dict[str, float] | None:
+    """The stored weights when current for ``made_for`` and holding every variant in ``keys``, else None."""
+    result = _read_calibration(path).get(det, {})
+    current = all(result.get(k) == v for k, v in made_for.items()) and set(keys) <= set(result.get("weights", {}))
+    return result["weights"] if current else None
 
 
 def calibration_path(csv: str) -> str:
@@ -344,6 +431,7 @@ def _row(detector: str, method: str, seed: int, metrics: dict, cfg: Config, mach
         "machine": machine,
         "rank_tau": tau,
         "rule": WEIGHT_RULE if METHODS.get(method) else "",
+        "config": cfg.digest(),  # what the run was trained with: a later study keeps the row only for this config
         **(training_losses(run_dir) if method != "teacher" else {}),
     }
 

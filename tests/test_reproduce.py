@@ -56,6 +56,8 @@ def test_summary_means_stds_and_gap_closed():
 
 
 def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
+    from rmkd.reproduce import machine_name
+
     out, csv = tmp_path / "study", tmp_path / "results" / "ablation.csv"
     small = tiny_overrides + ["train.max_steps=2", "train.eval_every=0"]
     kw = dict(out=str(out), csv=str(csv), methods=["baseline", "fi_gt"], seeds=[0, 1], overrides=small,
@@ -71,7 +73,7 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     # the rule's gradients are taken on the trained baseline (seed 0), which ran first
     assert calibration["student"] == str(out / "retinanet" / "baseline" / "seed0" / "last.pt")
     assert calibration["weight_rule"] == "grad_norm_trained" and set(saved.rule.dropna()) == {"grad_norm_trained"}
-    assert set(saved.machine) == {"cpu%d" % __import__("os").cpu_count()} and saved.rank_tau[1:].notna().all()
+    assert set(saved.machine) == {machine_name()} and saved.rank_tau[1:].notna().all()
     summary = json.loads((out / "retinanet" / "fi_gt" / "seed1" / "metrics.json").read_text())["train_summary"]
     assert saved.sec_per_step.iloc[-1] == pytest.approx(summary["sec_per_step_median"], abs=1e-4)  # the study's cost
     logged = [json.loads(line)["train"] for line in open(out / "retinanet" / "fi_gt" / "seed1" / "metrics.jsonl") if '"train"' in line]
@@ -98,13 +100,46 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     pd.testing.assert_frame_equal(
         *(f.drop(columns=["train_seconds", "sec_per_step"]) for f in (again, frame)), check_exact=False, atol=1e-9
     )
+    # a fresh checkout: the run folders are gone, the committed CSV holds the rows; nothing is trained
+    # again, not even the rule's reference (its calibration is current), and the CSV is rewritten unchanged
+    import shutil
+
+    written = csv.read_text()
+    assert pd.read_csv(csv, dtype={"config": str}).config.str.fullmatch("[0-9a-f]{10}").all()
+    shutil.rmtree(out)
+    capsys.readouterr()
+    run_study(**kw)
+    printed = capsys.readouterr().out
+    assert printed.count(": recorded") == 4 and ": running" not in printed and "4 runs kept from" in printed
+    assert not out.exists() and csv.read_text() == written
+    # another machine trains the same teacher config to another teacher: its runs cannot join the table
+    teacher_row = written.splitlines()[1]
+    ap = teacher_row.split(",")[3]
+    csv.write_text(written.replace(teacher_row, teacher_row.replace(f",{ap},", f",{float(ap) + 0.0001:.4f},", 1)))
+    with pytest.raises(ConfigError, match=r"its teacher scored .* the same config trained here .* computes differently.*--csv a new file"):
+        run_study(**kw)
+    assert not out.exists()
+    csv.write_text(written)
+    # a row trained with another config (here: its digest altered) is not kept: that run trains again
+    row = written.splitlines()[-1]
+    digest = row.split(",")[list(saved.columns).index("config")]
+    csv.write_text(written.replace(row, row.replace(digest, "0" * 10)))
+    run_study(**kw)
+    printed = capsys.readouterr().out
+    assert printed.count(": recorded") == 3 and "fi_gt seed 1: running" in printed
+    assert (out / "retinanet" / "fi_gt" / "seed1" / "metrics.json").is_file() and not (out / "retinanet" / "baseline").exists()
+    assert pd.read_csv(csv, dtype={"config": str}).config.iloc[-1] == digest
     # runs of other weights (the rule or its calibration changed) are neither counted nor resumed
     stored = json.loads((csv.parent / "calibration.json").read_text())
     stored["retinanet"]["weights"]["fi_gt"] *= 2
     (csv.parent / "calibration.json").write_text(json.dumps(stored))
-    with pytest.raises(ConfigError, match="fi_gt.seed0 holds a run of another config.*another --out") as e:
+    with pytest.raises(ConfigError, match="fi_gt.seed1 holds a run of another config.*another --out") as e:
         run_study(**kw)
     assert "\n" not in str(e.value)
+    shutil.rmtree(out / "retinanet" / "fi_gt")  # and the CSV's rows of the old weights are not kept either
+    run_study(**kw)
+    printed = capsys.readouterr().out
+    assert printed.count(": recorded") == 2 and printed.count(": running") == 2
 
 
 def _frame(aps: dict) -> pd.DataFrame:
@@ -143,6 +178,22 @@ def test_tables_hold_the_paired_claims_and_decided_defaults_only():
     assert chosen_defaults(paired_claims(undecided)) == {"rm_score": "cls", "pfi_detach": False, "rm_temperature": 1.0}
     detach = _frame({"pfi": [5, 9, 7, 6], "pfi_detach": [7.1, 10.9, 9.2, 7.9], "rm": [5, 9, 7, 6], "rm_t0.1": [6.1, 9.9, 8.0, 7.1]})
     assert chosen_defaults(paired_claims(detach)) == {"rm_score": "cls", "pfi_detach": True, "rm_temperature": 0.1}
+
+
+def test_machine_names_the_cpu_vendor(tmp_path, monkeypatch):
+    import os
+
+    import rmkd.reproduce as R
+
+    for vendor_id, name in (("GenuineIntel", "intel"), ("AuthenticAMD", "amd"), ("HygonGenuine", "hygongenuine")):
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nvendor_id\t: {vendor_id}\ncpu family\t: 6\n")
+        assert R.cpu_vendor(str(tmp_path / "cpuinfo")) == name
+    monkeypatch.setattr(R.platform, "machine", lambda: "aarch64")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # an ARM cpuinfo names no vendor_id
+    assert R.cpu_vendor(str(tmp_path / "cpuinfo")) == "aarch64" == R.cpu_vendor(str(tmp_path / "absent"))
+    monkeypatch.setattr(R, "cpu_vendor", lambda: "amd")
+    monkeypatch.setattr(R.torch.cuda, "is_available", lambda: False)
+    assert R.machine_name() == f"cpu{os.cpu_count()}-amd"
 
 
 def test_one_table_never_mixes_machines(tmp_path):
