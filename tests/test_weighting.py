@@ -95,7 +95,10 @@ def test_rule_weights_give_every_method_pfis_gradient_norm():
             for images, targets in batches:
                 grads = torch.autograd.grad(kd(images, targets)[term], params, allow_unused=True)
                 total += float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-            assert total / len(batches) == pytest.approx(ref, rel=1e-6), (method, term)
+            # float32 rounding only: scaling the loss by the weight changes the backward's rounding, and by
+            # how much depends on the CPU (1.7e-6 relative seen on an AMD EPYC, under 1e-6 on an Intel Xeon);
+            # a wrong weight (another variant's, a sum for a mean) is off by percents or more
+            assert total / len(batches) == pytest.approx(ref, rel=1e-5), (method, term)
     # the variants really differ: options change the gradient, so one weight per term would not do
     assert norms["rm"] != pytest.approx(norms["rm[rm_temperature=0.1]"], rel=1e-3)
 
