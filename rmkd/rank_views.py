@@ -392,7 +392,13 @@ def plot_instance_ranks(view: pd.DataFrame, temperature: float = 1.0) -> Figure:
 # ----------------------------------------------------------------------------- the val split
 
 
-RM_ONLY = "runs/reproduce/retinanet/rm/seed0/last.pt"  # the study's RM-only student, seed 0
+# The study's RM-only student, seed 0, where a study may have put it: `rmkd reproduce`'s default
+# --out, then the v2 study's two tables (docs/RESULTS.md: one per CPU, never mixed).
+RM_ONLY_RUNS = (
+    "runs/reproduce/retinanet/rm/seed0/last.pt",
+    "runs/study-v2/retinanet/rm/seed0/last.pt",
+    "runs/study-v2-amd/retinanet/rm/seed0/last.pt",
+)
 
 
 def _file_digest(path: str) -> str:
@@ -400,7 +406,7 @@ def _file_digest(path: str) -> str:
 
 
 def study_run_problem(checkpoint: str, teacher_ckpt: str) -> str | None:
-    """Why a study run (e.g. :data:`RM_ONLY`) cannot stand beside this teacher's students; None if it can.
+    """Why a study run (e.g. one of :data:`RM_ONLY_RUNS`) cannot stand beside this teacher's students; None if it can.
 
     It can when the checkpoint exists, its run finished all its steps
     (``metrics.json`` at ``train.max_steps``) and it was distilled from
@@ -422,6 +428,18 @@ def study_run_problem(checkpoint: str, teacher_ckpt: str) -> str | None:
     if not (os.path.samefile(used, teacher_ckpt) or _file_digest(used) == _file_digest(teacher_ckpt)):
         return f"it was distilled from {used}, another teacher than {teacher_ckpt}"
     return None
+
+
+def rm_only_run(teacher_ckpt: str, candidates: Sequence[str] = RM_ONLY_RUNS) -> tuple[str | None, str]:
+    """``(checkpoint, "")``: the first of ``candidates`` that can stand beside ``teacher_ckpt``'s
+    students (:func:`study_run_problem`), or ``(None, why)`` naming why none can."""
+    problems = []
+    for path in candidates:
+        why = study_run_problem(path, teacher_ckpt)
+        if why is None:
+            return path, ""
+        problems.append(why)
+    return None, "; ".join(problems)
 
 
 def rank_summary(collections: Mapping[str, Collection], reference: str = "baseline",

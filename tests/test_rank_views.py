@@ -431,6 +431,13 @@ def test_study_run_problem_names_what_is_missing(tmp_path):
     write_run(tmp_path / "gone.pt", 40)
     assert "is not here" in rv.study_run_problem(str(run), str(teacher))
 
+    # the first usable run of several places wins; when none is usable, every reason is named
+    missing = str(tmp_path / "nowhere" / "last.pt")
+    write_run(teacher, 40)
+    assert rv.rm_only_run(str(teacher), [missing, str(run)]) == (str(run), "")
+    assert rv.rm_only_run(str(other), [missing, str(run)]) == (None, f"no run at {missing}; `rmkd reproduce --methods rm --seeds 0` trains it; "
+                                                              f"it was distilled from {teacher}, another teacher than {other}")
+
 
 def test_paper_vs_measured_says_n_a_for_what_could_not_be_measured():
     summary = pd.DataFrame({"baseline": {"instances": 3, "kendall_tau": 0.2, "top1_agree": 0.5,
