@@ -606,13 +606,20 @@ def chosen_defaults(claims: pd.DataFrame) -> dict:
 def defaults_lines(claims: pd.DataFrame) -> list[str]:
     chosen = chosen_defaults(claims)
     v = claims.set_index(["a", "b"]).verdict.to_dict()
+    # Say which way each line went: "stays unless" reads wrong under a default the study moved.
+    score = ("the study decided against the paper's cls" if chosen["rm_score"] != "cls"
+             else "the paper's cls stays unless the study decides against it")
+    detach = ("the study decided detaching is better (the paper does not say)" if chosen["pfi_detach"]
+              else "P_dif passes its gradient unless the study decides detaching is better (the paper does not say)")
+    temperature = ("the study decided sharpening is better than the paper's T = 1" if chosen["rm_temperature"] != 1.0
+                   else "the paper's T = 1 stays unless sharpening is decided better")
     return [
         f"- `distill.rm_score={chosen['rm_score']}`: cls vs IoU {v.get(('rm', 'rm_iou'))}, cls vs cls+IoU "
-        f"{v.get(('rm', 'rm_cls_iou'))}; the paper's cls stays unless the study decides against it.",
+        f"{v.get(('rm', 'rm_cls_iou'))}; {score}.",
         f"- `distill.pfi_detach={str(chosen['pfi_detach']).lower()}`: gradient vs detached {v.get(('pfi', 'pfi_detach'))}; "
-        "P_dif passes its gradient unless the study decides detaching is better (the paper does not say).",
+        f"{detach}.",
         f"- `distill.rm_temperature={chosen['rm_temperature']}`: T = 0.25 vs 1 {v.get(('rm_t0.25', 'rm'))}, T = 0.1 vs 1 "
-        f"{v.get(('rm_t0.1', 'rm'))}; the paper's T = 1 stays unless sharpening is decided better.",
+        f"{v.get(('rm_t0.1', 'rm'))}; {temperature}.",
     ]
 
 

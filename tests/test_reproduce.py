@@ -173,11 +173,17 @@ def test_tables_hold_the_paired_claims_and_decided_defaults_only():
     assert chosen == {"rm_score": "iou", "pfi_detach": False, "rm_temperature": 1.0}
     text = ablation_tables(frame)
     assert "**contradicted**" in text and "`distill.rm_score=iou`" in text and "Holm" in text
+    assert "the study decided against the paper's cls" in text and "the paper's T = 1 stays" in text
     # the paper's choice stays while nothing is decided
     undecided = _frame({"rm": [12, 13, 11], "rm_iou": [13, 11, 12], "pfi": [5, 6, 5], "pfi_detach": [6, 5, 6]})
     assert chosen_defaults(paired_claims(undecided)) == {"rm_score": "cls", "pfi_detach": False, "rm_temperature": 1.0}
     detach = _frame({"pfi": [5, 9, 7, 6], "pfi_detach": [7.1, 10.9, 9.2, 7.9], "rm": [5, 9, 7, 6], "rm_t0.1": [6.1, 9.9, 8.0, 7.1]})
     assert chosen_defaults(paired_claims(detach)) == {"rm_score": "cls", "pfi_detach": True, "rm_temperature": 0.1}
+    from rmkd.reproduce import defaults_lines
+
+    lines = "\n".join(defaults_lines(paired_claims(detach)))
+    assert "the study decided detaching is better" in lines and "the study decided sharpening is better" in lines
+    assert "the paper's cls stays" in lines
 
 
 def test_machine_names_the_cpu_vendor(tmp_path, monkeypatch):
