@@ -586,15 +586,17 @@ def chosen_defaults(claims: pd.DataFrame) -> dict:
     where the paper is silent, the public reimplementations') only on a decided claim.
 
     ``rm_score``: "iou" or "cls+iou" only if "ranking by cls works at least as well as"
-    that variant is *contradicted*; else "cls". ``pfi_detach``: True only if "PFI with
+    that variant is *contradicted*; else "cls". If both are, the one further ahead of cls
+    (the more negative mean of cls - variant; the two are not compared with each other,
+    so this is a stated tie-break, not a decided claim). ``pfi_detach``: True only if "PFI with
     P_dif's gradient beats P_dif detached" is *contradicted*. ``rm_temperature``: the
     sharper T whose "beats RM at T = 1" is *supported* (0.25 before 0.1); else 1.0.
     """
-    verdict = claims.set_index(["a", "b"]).verdict.to_dict()
-    rm_score = "cls"
-    for method, score in (("rm_iou", "iou"), ("rm_cls_iou", "cls+iou")):
-        if verdict.get(("rm", method)) == "contradicted":
-            rm_score = score
+    indexed = claims.set_index(["a", "b"])
+    verdict = indexed.verdict.to_dict()
+    ahead = {score: indexed.mean_diff[("rm", method)] for method, score in (("rm_iou", "iou"), ("rm_cls_iou", "cls+iou"))
+             if verdict.get(("rm", method)) == "contradicted"}  # fmt: skip
+    rm_score = min(ahead, key=ahead.get) if ahead else "cls"
     temperature = 1.0
     for method, t in (("rm_t0.1", 0.1), ("rm_t0.25", 0.25)):
         if verdict.get((method, "rm")) == "supported":

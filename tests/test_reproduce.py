@@ -179,6 +179,14 @@ def test_tables_hold_the_paired_claims_and_decided_defaults_only():
     assert chosen_defaults(paired_claims(undecided)) == {"rm_score": "cls", "pfi_detach": False, "rm_temperature": 1.0}
     detach = _frame({"pfi": [5, 9, 7, 6], "pfi_detach": [7.1, 10.9, 9.2, 7.9], "rm": [5, 9, 7, 6], "rm_t0.1": [6.1, 9.9, 8.0, 7.1]})
     assert chosen_defaults(paired_claims(detach)) == {"rm_score": "cls", "pfi_detach": True, "rm_temperature": 0.1}
+    # both variants beat cls: the one further ahead wins, whichever the claims list first
+    further, nearer = [13, 17.1, 14.9, 21.2], [12, 16.2, 13.9, 20.1]  # iou-side ahead of rm by ~3 and ~2 AP
+    both = _frame({"rm": [10, 14, 12, 18], "rm_iou": further, "rm_cls_iou": nearer})
+    verdicts = paired_claims(both).set_index(["a", "b"]).verdict
+    assert verdicts[("rm", "rm_iou")] == verdicts[("rm", "rm_cls_iou")] == "contradicted"
+    assert chosen_defaults(paired_claims(both))["rm_score"] == "iou"
+    both = _frame({"rm": [10, 14, 12, 18], "rm_iou": nearer, "rm_cls_iou": further})
+    assert chosen_defaults(paired_claims(both))["rm_score"] == "cls+iou"
     from rmkd.reproduce import defaults_lines
 
     lines = "\n".join(defaults_lines(paired_claims(detach)))
