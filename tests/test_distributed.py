@@ -73,8 +73,8 @@ def test_two_processes_equal_one_and_resume_restores_every_rank(tmp_path, tiny_o
     for k in wa:
         # Measured against what steps 3-4 moved the tensor, not elementwise: on an AVX-512 AMD
         # EPYC (family 25) the backbone body's convs end 1.6-2.0% of their update apart (heads and
-        # FPN <= 0.3%; Intel and an earlier EPYC matched to 1e-4 elementwise), while a wrong
-        # average (sum instead of mean, a missing all-reduce) is off by half the update or more.
+        # FPN <= 0.3%; Intel and an earlier EPYC matched to 1e-4 elementwise), while without the
+        # all-reduce (DDP unwrapped) the worst tensor ends 129% of its update apart.
         moved, apart = float((wa[k] - halfway[k]).norm()), float((wb[k] - wa[k]).norm())
         assert apart <= 5e-2 * moved + 1e-6, (k, apart, moved)
     # evaluation: each rank predicts half of the val images, rank 0 scores them all
