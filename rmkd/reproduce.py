@@ -9,7 +9,10 @@ run the CSV (``detector, method, seed, AP, ..., sec_per_step, weights, machine, 
 det_loss_end, kd_loss_start, kd_loss_end, config``) and the markdown beside it are rewritten.
 A run whose folder is gone (a fresh checkout: run folders are not committed) but whose
 row is in the CSV with the same config digest and machine is kept from the CSV, not
-trained again, so a study spread over several checkouts only adds the runs it lacks.
+trained again, so a study spread over several checkouts only adds the runs it lacks. Such a
+checkout must compute like the table's machine: :mod:`rmkd.machine` checks the student's
+pretrained backbone against ``machine.json`` before the teacher trains, and the teacher's AP
+against the CSV's after.
 
 Weights: one rule for every method (:mod:`rmkd.weighting`): each term's weight
 gives it the gradient norm of 1.5 PFI on the baseline student trained to its
@@ -27,18 +30,16 @@ import copy
 import json
 import math
 import os
-import platform
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from . import jsonio
 from .claims import ALPHA, MARGIN, claims_markdown, paired_claims
 from .config import Config, ConfigError, load_config
 from .distill import TERMS
+from .machine import check_fingerprint, fingerprint, machine_name, machine_path, record_fingerprint
 from .models import DETECTION_LOSSES
-from .pretrain import ensure_pretrained
 from .weighting import DEFAULT_OPTIONS, TERM_OPTIONS, calibrate, variant_key
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -145,32 +146,6 @@ def run_label(cfg: Config) -> str:
     return " ".join([f"{k}={v:.4g}" for k, v in weights.items()] + [f"{k}={getattr(cfg.distill, k)}" for k in options])
 
 
-def machine_name() -> str:
-    """``cpu2-intel`` (CPU cores and vendor) or the GPU's name: one table never mixes machines.
-
-    The vendor is part of the name because the same config and seed train to other weights on
-    another CPU (measured: the study's teacher scored 63.95 AP on an Intel Xeon, 63.11 on an AMD
-    EPYC); a finer difference (another generation, same vendor) is caught by the teacher check
-    (:func:`_check_teacher`)."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).replace(" ", "_")
-    return f"cpu{os.cpu_count()}-{cpu_vendor()}"
-
-
-CPU_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
-
-
-def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """``intel``, ``amd``, or the architecture (``aarch64``, ...) where ``cpuinfo`` names no vendor we know."""
-    if os.path.isfile(cpuinfo):
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                    return CPU_VENDORS.get(vendor, vendor.lower() or platform.machine())
-    return platform.machine() or "unknown"
-
-
 def run_one(cfg: Config, run_dir: str, kd: bool, progress: bool, teacher_cache=None) -> dict:
     """Train, resume or reuse one run; return its final metrics.json."""
     from .demo import train_cached
@@ -215,12 +190,16 @@ def run_study(
         t_cfg = load_config(_config_path(None, t_file), list(teacher_overrides or []))
         s_cfg = load_config(_config_path(None, s_file), list(overrides or []))
         data_splits(t_cfg, progress)
+        # the student's backbone first: its file tells in a minute whether this machine computes
+        # like the table's (rmkd.machine), before the teacher's half hour
+        fp = fingerprint(s_cfg, progress)
+        check_fingerprint(machine_path(csv), det, fp)
         t_dir = teacher_dir(t_cfg, cache)
         print(f"[{det}] teacher ({t_dir})")
         rows.append(_row(det, "teacher", t_cfg.seed, train_cached(t_cfg, t_dir, progress), t_cfg, machine, t_dir))
         _check_teacher(csv, rows[-1])
+        record_fingerprint(machine_path(csv), det, fp)  # only a machine whose teacher agreed writes it
         teacher = os.path.join(t_dir, "last.pt")
-        ensure_pretrained(s_cfg, progress)  # the student's backbone, before calibration builds it
         keys = sorted({k for m in methods for k in method_variants(m).values()})
         weights = _weights(out, det, teacher, t_cfg, s_cfg, keys, calibration_path(csv), progress) if keys else {}
         todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
@@ -475,10 +454,26 @@ def losses_lines(frame: pd.DataFrame, det: str) -> list[str]:
 
 
 def write_results(frame: pd.DataFrame, csv: str) -> None:
-    """The CSV and, beside it, the markdown tables (``.md``)."""
+    """The CSV and, beside it, the markdown tables (``.md``); rows in :data:`METHODS` order (the
+    teacher first), then by seed, whatever order ``--methods`` ran them in."""
+    frame = _canonical_order(frame)
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(csv, index=False, float_format="%.4f")
     Path(csv).with_suffix(".md").write_text(ablation_tables(frame), encoding="utf-8")
+
+
+def _canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Detectors in the order they first appear; within one, the teacher, then :data:`METHODS`
+    order (methods it does not know last), then seeds."""
+    if frame.empty or not {"detector", "method", "seed"} <= set(frame.columns):
+        return frame
+    rank = {m: i for i, m in enumerate(["teacher", *METHODS])}
+    keys = {
+        "detector": lambda c: c.map({d: i for i, d in enumerate(pd.unique(c))}),
+        "method": lambda c: c.map(rank).fillna(len(rank)),
+        "seed": lambda c: c,
+    }
+    return frame.sort_values(list(keys), key=lambda c: keys[c.name](c), kind="stable").reset_index(drop=True)
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -56,7 +57,8 @@ def test_summary_means_stds_and_gap_closed():
 
 
 def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
-    from rmkd.reproduce import machine_name
+    from rmkd.config import pretrained_backbone_file
+    from rmkd.machine import machine_name
 
     out, csv = tmp_path / "study", tmp_path / "results" / "ablation.csv"
     small = tiny_overrides + ["train.max_steps=2", "train.eval_every=0"]
@@ -74,6 +76,12 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     assert calibration["student"] == str(out / "retinanet" / "baseline" / "seed0" / "last.pt")
     assert calibration["weight_rule"] == "grad_norm_trained" and set(saved.rule.dropna()) == {"grad_norm_trained"}
     assert set(saved.machine) == {machine_name()} and saved.rank_tau[1:].notna().all()
+    import hashlib
+
+    recorded = json.loads((csv.parent / "machine.json").read_text())["retinanet"]  # this machine's fingerprint
+    backbone = pretrained_backbone_file(load_config("configs/student.yaml", small))
+    assert recorded["pretrained_backbone"] == os.path.basename(backbone)
+    assert recorded["sha256"] == hashlib.sha256(open(backbone, "rb").read()).hexdigest()
     summary = json.loads((out / "retinanet" / "fi_gt" / "seed1" / "metrics.json").read_text())["train_summary"]
     assert saved.sec_per_step.iloc[-1] == pytest.approx(summary["sec_per_step_median"], abs=1e-4)  # the study's cost
     logged = [json.loads(line)["train"] for line in open(out / "retinanet" / "fi_gt" / "seed1" / "metrics.jsonl") if '"train"' in line]
@@ -120,6 +128,14 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
         run_study(**kw)
     assert not out.exists()
     csv.write_text(written)
+    # a machine whose pretrained backbone hashes otherwise is refused before its teacher trains
+    fingerprint = (csv.parent / "machine.json").read_text()
+    (csv.parent / "machine.json").write_text(fingerprint.replace(recorded["sha256"], "0" * 64))
+    shutil.rmtree(tmp_path / "cache")
+    with pytest.raises(ConfigError, match=r"machine.json: the table's machine .* computes differently.*--csv a new file"):
+        run_study(**kw)
+    assert not (tmp_path / "cache").exists() and not out.exists()
+    (csv.parent / "machine.json").write_text(fingerprint)
     # a row trained with another config (here: its digest altered) is not kept: that run trains again
     row = written.splitlines()[-1]
     digest = row.split(",")[list(saved.columns).index("config")]
@@ -151,6 +167,20 @@ def _frame(aps: dict) -> pd.DataFrame:
     for m in ("AP50", "AP75", "APs", "APm", "APl"):
         frame[m] = frame.AP
     return frame
+
+
+def test_csv_rows_follow_the_methods_order_not_the_order_they_ran(tmp_path):
+    from rmkd.reproduce import write_results
+
+    frame = _frame({"pfi": [30.0, 31.0], "new_method": [1.0], "baseline": [29.0, 28.0]})
+    shuffled = pd.concat([frame.iloc[[3, 5, 1]], frame.assign(detector="fcos").iloc[[0, 2]], frame.iloc[[4, 0, 2]]])
+    write_results(shuffled, str(tmp_path / "ablation.csv"))
+    saved = pd.read_csv(tmp_path / "ablation.csv")
+    assert list(zip(saved.detector, saved.method, saved.seed)) == [
+        ("retinanet", "teacher", 0), ("retinanet", "baseline", 0), ("retinanet", "baseline", 1),
+        ("retinanet", "pfi", 0), ("retinanet", "pfi", 1), ("retinanet", "new_method", 0),
+        ("fcos", "teacher", 0), ("fcos", "pfi", 1),
+    ]  # fmt: skip
 
 
 def test_tables_hold_the_paired_claims_and_decided_defaults_only():
@@ -192,22 +222,6 @@ def test_tables_hold_the_paired_claims_and_decided_defaults_only():
     lines = "\n".join(defaults_lines(paired_claims(detach)))
     assert "the study decided detaching is better" in lines and "the study decided sharpening is better" in lines
     assert "the paper's cls stays" in lines
-
-
-def test_machine_names_the_cpu_vendor(tmp_path, monkeypatch):
-    import os
-
-    import rmkd.reproduce as R
-
-    for vendor_id, name in (("GenuineIntel", "intel"), ("AuthenticAMD", "amd"), ("HygonGenuine", "hygongenuine")):
-        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nvendor_id\t: {vendor_id}\ncpu family\t: 6\n")
-        assert R.cpu_vendor(str(tmp_path / "cpuinfo")) == name
-    monkeypatch.setattr(R.platform, "machine", lambda: "aarch64")
-    (tmp_path / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")  # an ARM cpuinfo names no vendor_id
-    assert R.cpu_vendor(str(tmp_path / "cpuinfo")) == "aarch64" == R.cpu_vendor(str(tmp_path / "absent"))
-    monkeypatch.setattr(R, "cpu_vendor", lambda: "amd")
-    monkeypatch.setattr(R.torch.cuda, "is_available", lambda: False)
-    assert R.machine_name() == f"cpu{os.cpu_count()}-amd"
 
 
 def test_one_table_never_mixes_machines(tmp_path):
