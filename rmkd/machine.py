@@ -11,7 +11,8 @@ A machine whose file hashes otherwise is refused before it spends half an hour o
 the teacher check (``rmkd.reproduce._check_teacher``) remains for configs without a pretrained
 backbone. Forcing a common instruction set does not make two CPUs agree: with
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` an AVX-512 Xeon
-still made another file than the AVX2 EPYC (docs/RESULTS.md, "Telling machines apart").
+still made another file than the AVX2 EPYC (docs/RESULTS.md, "A common instruction set does not
+make two CPUs agree").
 """
 
 from __future__ import annotations
