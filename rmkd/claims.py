@@ -17,8 +17,11 @@ For each claim (A, relation, B):
   rejects and the whole interval is below -margin (B better by more than the margin).
 - anything else is *undecided*: the data cannot tell (never "did not hold").
 
-Holm's step-down correction runs over all claims of one table together
-(``statsmodels.stats.multitest.multipletests``). ``seeds_needed`` is the number of
+Holm's step-down correction runs over the claims of one table together
+(``statsmodels.stats.multitest.multipletests``): every claim with two or more
+paired seeds (a claim without them has no p). A finished study tests all of
+:data:`CLAIMS`; an unfinished one tests fewer, and its family grows as runs land,
+so an interim verdict near alpha can still change. ``seeds_needed`` is the number of
 seeds a paired t-test needs for 80% power at ``alpha`` (before the correction) to
 detect the observed difference from the tested value, or :data:`MIN_EFFECT` AP when
 the observed one is smaller, at the observed SD of the differences

@@ -97,7 +97,9 @@ WEIGHT_RULE = "grad_norm_trained"  # the rule this code applies
 REFERENCE_SEED = 0  # the baseline run whose trained student the rule's gradients are taken on
 CLAIMS_RULE = (
     "Claims: the same-seed differences A - B, their 95% t-interval and paired t-test (`rmkd.claims.paired_claims`, "
-    f"equal to `scipy.stats.ttest_rel`), Holm's correction over all claims at alpha {ALPHA}. *Supported*: the "
+    f"equal to `scipy.stats.ttest_rel`), Holm's correction at alpha {ALPHA} over every claim the table can test "
+    "(two or more paired seeds: all of them once the study is complete; until then the family grows as runs land, "
+    "so a verdict near alpha can still change). *Supported*: the "
     "corrected test rejects and the interval is above 0; *contradicted*: it rejects and the interval is below 0; "
     f"otherwise *undecided* (the data cannot tell). \"A works at least as well as B\" tests against a margin of "
     f"{MARGIN} AP fixed in advance: supported only when the interval's lower end is above -{MARGIN}. "
