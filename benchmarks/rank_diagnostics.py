@@ -11,7 +11,7 @@ differences against ``--reference`` are printed with 95% t-intervals and Holm's 
 over the methods (:func:`rmkd.claims.paired_claims`).
 
     python benchmarks/rank_diagnostics.py --runs runs/study-v2-amd/retinanet \\
-        --teacher data/cache/teacher-9c5cb840e1/last.pt --out docs/results/v2-amd/rank_diagnostics.csv \\
+        --teacher data/cache/teacher-9c5cb840e1/last.pt --out docs/results/rank_diagnostics.csv \\
         --methods baseline soft_label rm_paper rm_t0.25 rm_t0.1
 """
 

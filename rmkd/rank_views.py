@@ -566,7 +566,7 @@ def paper_vs_measured(summary: pd.DataFrame, claims: pd.DataFrame, study: pd.Dat
     }).rename_axis("claim")
     notes = []
     if study is not None and "rule" in study and (study["rule"] == "loss_value_v1").any():
-        notes.append("docs/results/ablation.csv is the first study (rule loss_value_v1): its `rm` row is RM at the "
+        notes.append("this CSV is the first study (rule loss_value_v1, docs/results/v1/): its `rm` row is RM at the "
                      "paper's weight 4 and its `rm_cls_iou` summed the two KL terms (today cls+iou is their mean).")
     frame.attrs["notes"] = notes
     return frame
