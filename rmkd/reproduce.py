@@ -186,8 +186,10 @@ def run_study(
             raise ConfigError(f"unknown detector {d!r}: configs exist for {', '.join(DETECTORS)}")
     machine = machine_name()
     _check_machine(csv, machine)
-    rows = []
-    for det in detectors or list(DETECTORS):
+    dets = detectors or list(DETECTORS)
+    plan = {(d, m, s) for d in dets for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))}
+    rows = untouched_rows(csv, dets, plan)  # the table's other methods and seeds stay in it
+    for det in dets:
         t_file, s_file = DETECTORS[det]
         t_cfg = load_config(_config_path(None, t_file), list(teacher_overrides or []))
         s_cfg = load_config(_config_path(None, s_file), list(overrides or []))
@@ -226,7 +228,7 @@ def run_study(
                 results[method, seed] = _row(det, method, seed, metrics, cfg, machine, run_dir, rank_tau(run_dir, teacher, cfg))
                 write_results(pd.DataFrame(rows + [results[k] for k in todo if k in results]), csv)
         rows += [results[k] for k in todo]
-    frame = pd.DataFrame(rows)
+    frame = _canonical_order(pd.DataFrame(rows))
     write_results(frame, csv)
     print(claims_markdown(paired_claims(frame)))
     return frame
@@ -246,6 +248,19 @@ def _weights(out: str, det: str, teacher: str, t_cfg: Config, s_cfg: Config, key
     _check_same_config(ref_cfg, ref_dir)
     run_one(ref_cfg, ref_dir, False, progress)
     return _calibration(teacher, t_cfg, s_cfg, keys, path, det, ref)
+
+
+def untouched_rows(csv: str, detectors: list[str], plan: set) -> list[dict]:
+    """Rows of ``csv`` this invocation neither trains nor rewrites: methods, seeds or detectors
+    outside ``plan`` (``{(detector, method, seed)}``) and teachers of detectors outside ``detectors``.
+    A study run method by method (``--methods``) so adds to its table and never drops the rest."""
+    if not os.path.isfile(csv):
+        return []
+    old = pd.read_csv(csv, dtype={"config": str, "weights": str})
+    return [
+        r for r in old.to_dict("records")
+        if (r["detector"], r["method"], int(r["seed"])) not in plan and not (r["method"] == "teacher" and r["detector"] in detectors)
+    ]  # fmt: skip
 
 
 def recorded_rows(csv: str, det: str, runs: dict, machine: str) -> dict:
@@ -674,7 +689,24 @@ if __name__ == "__main__":  # python -m rmkd.reproduce --readme: refresh README'
     parser = argparse.ArgumentParser(description="Rewrite the tables from docs/results/ablation.csv without training.")
     parser.add_argument("--csv", default="docs/results/ablation.csv")
     parser.add_argument("--readme", nargs="?", const="README.md", default=None, help="also refresh this README's block")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=CSV", default=None,
+                        help="instead: the claims of several machines' tables side by side (rmkd.replication), the "
+                             "first the reference, e.g. cpu2-amd=docs/results/ablation.csv")  # fmt: skip
+    parser.add_argument("--compare-out", default="docs/results/replication.md", help="where --compare writes")
     args = parser.parse_args()
+    if args.compare:
+        from .replication import replication_report
+
+        specs = [s.split("=", 1) for s in args.compare]
+        if any(len(s) != 2 or not all(s) for s in specs):
+            parser.error(f"--compare takes LABEL=CSV pairs, got {' '.join(args.compare)!r}")
+        try:
+            report = replication_report(dict(specs))
+        except ValueError as e:
+            parser.error(str(e))
+        Path(args.compare_out).write_text(report, encoding="utf-8")
+        print(report)
+        raise SystemExit(0)
     write_results(pd.read_csv(args.csv, dtype={"weights": str}).fillna({"weights": ""}), args.csv)
     if args.readme:
         print(f"{args.readme}: {'updated' if update_readme(args.readme, args.csv) else 'unchanged'}")

@@ -120,6 +120,10 @@ def test_study_runs_resumes_and_skips(tmp_path, tiny_overrides, capsys):
     printed = capsys.readouterr().out
     assert printed.count(": recorded") == 4 and ": running" not in printed and "4 runs kept from" in printed
     assert not out.exists() and csv.read_text() == written
+    # a study run method by method adds to its table: the methods not asked for keep their rows
+    run_study(**{**kw, "methods": ["baseline"]})
+    printed = capsys.readouterr().out
+    assert printed.count(": recorded") == 2 and ": running" not in printed and csv.read_text() == written
     # another machine trains the same teacher config to another teacher: its runs cannot join the table
     teacher_row = written.splitlines()[1]
     ap = teacher_row.split(",")[3]

@@ -1,0 +1,177 @@
+"""Do the study's verdicts replicate on another machine? The claims of several tables side by side.
+
+A table (``ablation.csv``) never mixes machines: a CPU whose arithmetic differs
+trains every run to a slightly different AP, so its seeds are not the same
+experiment and cannot be paired with another machine's. A second machine's
+table is therefore an independent replication of the whole study, with its own
+calibration, teacher and seeds. This module reads several such tables and puts
+each claim's verdicts next to each other:
+
+- every table's claims come from :func:`rmkd.claims.paired_claims` on that table
+  alone (same-seed differences, 95% t-interval, Holm over the claims that table
+  can test), exactly what its own ``ablation.md`` prints;
+- ``vs_ref``: how far the table's mean same-seed difference lies from the
+  reference table's (the first one), with Welch's 95% interval and p
+  (``scipy.stats.ttest_ind(equal_var=False)``) over the two sets of same-seed
+  differences. Seeds are not paired *across* tables, so this is an unpaired test.
+  It tells whether the size of an effect moved between machines, which a verdict
+  alone does not (a claim can be decided on both with different sizes);
+- ``agreement`` per claim, from the verdicts of the tables that ran it (two or more
+  paired seeds): ``replicated`` (each of them decides it, the same way),
+  ``conflicting`` (one supports what another contradicts), ``decided in some`` (the
+  rest decide nothing), ``undecided in all``, or ``run in one table`` (fewer than
+  two tables ran it, so there is nothing to replicate).
+
+Nothing here pools tables into one verdict: the library's defaults follow the
+reference table's decided claims only (:func:`rmkd.reproduce.chosen_defaults`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .claims import ALPHA, paired_claims, paired_differences
+
+COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
+           "vs_ref", "vs_ref_low", "vs_ref_high", "vs_ref_p"]  # fmt: skip
+AGREEMENTS = ("replicated", "conflicting", "decided in some", "undecided in all", "run in one table")
+
+
+def replication(tables: dict[str, pd.DataFrame], claims=None) -> pd.DataFrame:
+    """One row per (claim, table), claims in order, tables in ``tables``' order; columns :data:`COLUMNS`.
+
+    Args:
+        tables: ``{label: study rows}``, each one machine's CSV (``method, seed, AP``; teacher rows
+            ignored). The first is the reference for ``vs_ref``.
+        claims: ``(claim, a, relation, b)`` tuples; default :data:`rmkd.claims.CLAIMS`.
+    """
+    if not tables:
+        raise ValueError("replication needs at least one table")
+    per_table = {label: paired_claims(frame, claims) for label, frame in tables.items()}
+    ref_label = next(iter(tables))
+    rows = []
+    for i, claim in enumerate(per_table[ref_label].itertuples()):
+        d_ref = paired_differences(tables[ref_label], claim.a, claim.b).to_numpy()
+        for label, frame in tables.items():
+            r = per_table[label].iloc[i]
+            d = paired_differences(frame, claim.a, claim.b).to_numpy()
+            vs = _welch(d, d_ref) if label != ref_label else (math.nan,) * 4
+            rows.append([claim.claim, label, int(r.n), r.mean_diff, r.ci_low, r.ci_high, r.p_holm, r.verdict, *vs])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _welch(d: np.ndarray, d_ref: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean(d) - mean(d_ref), 95% CI low, high, p) by Welch's t-test; NaN with fewer than 2 of either."""
+    if len(d) < 2 or len(d_ref) < 2:
+        return (math.nan,) * 4
+    res = stats.ttest_ind(d, d_ref, equal_var=False)
+    ci = res.confidence_interval(1 - ALPHA)
+    return float(d.mean() - d_ref.mean()), float(ci.low), float(ci.high), float(res.pvalue)
+
+
+def agreement(verdicts: pd.Series, n: pd.Series) -> str:
+    """One of :data:`AGREEMENTS` for one claim's verdicts across tables (``n``: its paired seeds in
+    each), over the tables with two or more paired seeds."""
+    verdicts = verdicts[(n >= 2).to_numpy()]
+    if len(verdicts) < 2:
+        return "run in one table"
+    decided = set(verdicts) - {"undecided"}
+    if decided == {"supported", "contradicted"}:
+        return "conflicting"
+    if not decided:
+        return "undecided in all"
+    return "replicated" if (verdicts != "undecided").all() else "decided in some"
+
+
+def agreement_frame(rows: pd.DataFrame) -> pd.Series:
+    """``{claim: agreement}`` over :func:`replication`'s rows, claims in their order."""
+    return pd.Series({c: agreement(g.verdict, g.n) for c, g in rows.groupby("claim", sort=False)}, name="agreement")
+
+
+def replication_markdown(rows: pd.DataFrame) -> str:
+    """The claims across tables as markdown: per table mean [95% CI] and verdict, each later table's
+    difference from the first (Welch), and the agreement; then a count per agreement."""
+    labels = list(pd.unique(rows.table))
+    head = ["claim", *(f"{t}: mean diff [95% CI], verdict" for t in labels),
+            *(f"{t} - {labels[0]} (Welch 95% CI, p)" for t in labels[1:]), "agreement"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    agree = agreement_frame(rows)
+    for claim, g in rows.groupby("claim", sort=False):
+        g = g.set_index("table")
+        cells = [claim, *(_claim_cell(g.loc[t]) for t in labels), *(_vs_cell(g.loc[t]) for t in labels[1:])]
+        ran = int((g.n >= 2).sum())
+        over = f" ({ran} of {len(labels)} tables)" if 1 < ran < len(labels) else ""
+        lines.append("| " + " | ".join(cells + [f"**{agree[claim]}**{over}"]) + " |")
+    counts = agree.value_counts()
+    lines += ["", "Agreement: " + ", ".join(f"{a} {int(counts.get(a, 0))}" for a in AGREEMENTS) + f" of {len(agree)} claims."]
+    return "\n".join(lines)
+
+
+def _claim_cell(r: pd.Series) -> str:
+    if r.n < 2:
+        return f"{r.n} seeds, {r.verdict}"
+    return f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], {r.verdict}"
+
+
+def _vs_cell(r: pd.Series) -> str:
+    if r.vs_ref != r.vs_ref:  # NaN: too few seeds in one of the tables
+        return "-"
+    return f"{r.vs_ref:+.2f} [{r.vs_ref_low:+.2f}, {r.vs_ref_high:+.2f}], p {r.vs_ref_p:.2g}"
+
+
+def replication_report(csvs: dict[str, str]) -> str:
+    """``replication.md``: the tables' claims side by side (:func:`replication_markdown`) with
+    what each table is and the command that regenerates the page.
+
+    Args:
+        csvs: ``{label: path of an ablation.csv}``; the first is the reference table.
+    """
+    tables = {label: _read_table(path) for label, path in csvs.items()}
+    rows = replication(tables)
+    labels = list(csvs)
+    spec = " ".join(f"{label}={path}" for label, path in csvs.items())
+    vs = f"`{labels[-1]} - {labels[0]}`" if len(labels) > 1 else "The between-table column"
+    lines = ["# The study's claims across machines", "",
+             f"Generated by `python -m rmkd.reproduce --compare {spec}`; AP on 0-100. Each table is one machine's "
+             "study with its own calibration, teacher and seeds; each column's verdicts are that table's own "
+             "(paired by seed, Holm over the claims it tests), as in the `ablation.md` beside its CSV. "
+             f"{vs} is the difference of the two tables' mean same-seed differences, with Welch's 95% interval "
+             "(seeds are not paired across machines). Agreement: *replicated* when every table decides the claim "
+             "the same way, *conflicting* when one supports what another contradicts, *decided in some* when "
+             "the others stay undecided, each over the tables with two or more paired seeds of the claim. "
+             f"The library's defaults read the first table ({labels[0]}) only.", "",
+             "| table | CSV | machine | student runs |", "|---|---|---|---|"]  # fmt: skip
+    for label, path in csvs.items():
+        frame = tables[label]
+        machines = ", ".join(sorted(set(frame.get("machine", pd.Series(["?"])).astype(str))))
+        lines.append(f"| {label} | `{path}` | {machines}{_fingerprint(path)} | {int((frame.method != 'teacher').sum())} |")
+    return "\n".join([*lines, "", replication_markdown(rows), ""])
+
+
+def _fingerprint(csv: str) -> str:
+    """`` (CPU, capability, backbone hash)`` from the ``machine.json`` beside ``csv``, which tells apart
+    machines that share a CSV label (:mod:`rmkd.machine`); empty when there is none."""
+    path = os.path.join(os.path.dirname(csv), "machine.json")
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        prints = json.load(f)
+    return "".join(f" ({p.get('cpu', '?')}, {p.get('cpu_capability', '?')}, backbone `{p.get('sha256', '?')[:8]}`)"
+                   for p in prints.values())  # fmt: skip
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"weights": str})
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such study CSV (pass LABEL=path/to/ablation.csv)") from None
+    missing = {"method", "seed", "AP"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: not a study CSV, it lacks the column(s) {', '.join(sorted(missing))}")
+    return frame
