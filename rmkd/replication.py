@@ -37,6 +37,7 @@ import pandas as pd
 from scipy import stats
 
 from .claims import ALPHA, paired_claims, paired_differences
+from .machine import machine_path
 
 COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
            "vs_ref", "vs_ref_low", "vs_ref_high", "vs_ref_p"]  # fmt: skip
@@ -157,7 +158,7 @@ def replication_report(csvs: dict[str, str]) -> str:
 def _fingerprint(csv: str) -> str:
     """`` (CPU, capability, backbone hash)`` from the ``machine.json`` beside ``csv``, which tells apart
     machines that share a CSV label (:mod:`rmkd.machine`); empty when there is none."""
-    path = os.path.join(os.path.dirname(csv), "machine.json")
+    path = machine_path(csv)
     if not os.path.isfile(path):
         return ""
     with open(path, encoding="utf-8") as f:
