@@ -187,7 +187,8 @@ def run_study(
     machine = machine_name()
     _check_machine(csv, machine)
     dets = detectors or list(DETECTORS)
-    plan = {(d, m, s) for d in dets for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))}
+    todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
+    plan = {(d, m, s) for d in dets for m, s in todo}
     rows = untouched_rows(csv, dets, plan)  # the table's other methods and seeds stay in it
     for det in dets:
         t_file, s_file = DETECTORS[det]
@@ -206,7 +207,6 @@ def run_study(
         teacher = os.path.join(t_dir, "last.pt")
         keys = sorted({k for m in methods for k in method_variants(m).values()})
         weights = _weights(out, det, teacher, t_cfg, s_cfg, keys, calibration_path(csv), progress) if keys else {}
-        todo = [(m, s) for m in methods for s in (seeds if seeds is not None else range(SEEDS[m]))]
         runs = {k: (method_config(s_cfg, k[0], k[1], teacher, weights), os.path.join(out, det, k[0], f"seed{k[1]}")) for k in todo}
         results = _finished(det, runs, teacher, machine)  # in the CSV from the start: complete whenever the study stops
         absent = {k: v for k, v in runs.items() if not os.path.exists(v[1])}  # a folder there is reused or resumed
