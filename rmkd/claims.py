@@ -123,16 +123,31 @@ def paired_claims(frame: pd.DataFrame, claims=None, margin: float = MARGIN, metr
     for claim, a, relation, b in claims:
         if relation not in RELATIONS:
             raise ValueError(f"claim {claim!r}: relation must be one of {RELATIONS}, got {relation!r}")
-        null = 0.0 if relation == "beats" else -margin
+        null = null_of(relation, margin)
         d = paired_differences(frame, a, b, metric).to_numpy()
         mean = float(d.mean()) if len(d) else math.nan
         sd, lo, hi, p = _test(d, null)
         rows.append([claim, a, relation, b, len(d), mean, sd, lo, hi, p, math.nan, "", seeds_needed(mean, sd, null)])
-    out = pd.DataFrame(rows, columns=COLUMNS)
+    return decide(pd.DataFrame(rows, columns=COLUMNS), [null_of(c[2], margin) for c in claims])
+
+
+def null_of(relation: str, margin: float = MARGIN) -> float:
+    """The tested value of mean(d): 0 for ``beats``, ``-margin`` for ``at least as well as``."""
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+    return 0.0 if relation == "beats" else -margin
+
+
+def decide(out: pd.DataFrame, nulls) -> pd.DataFrame:
+    """Fill ``p_holm`` (Holm over the rows with a p) and ``verdict`` of a claims frame.
+
+    Args:
+        out: one row per claim with ``p, ci_low, ci_high`` (NaN where untested).
+        nulls: each row's tested value (:func:`null_of`).
+    """
     tested = out.p.notna()
     if tested.any():
         out.loc[tested, "p_holm"] = multipletests(out.p[tested], alpha=ALPHA, method="holm")[1]
-    nulls = np.where(out.relation == "beats", 0.0, -margin)
     out["verdict"] = [_verdict(r.p_holm, r.ci_low, r.ci_high, n) for r, n in zip(out.itertuples(), nulls)]
     return out
 

@@ -22,8 +22,19 @@ each claim's verdicts next to each other:
   rest decide nothing), ``undecided in all``, or ``run in one table`` (fewer than
   two tables ran it, so there is nothing to replicate).
 
-Nothing here pools tables into one verdict: the library's defaults follow the
-reference table's decided claims only (:func:`rmkd.reproduce.chosen_defaults`).
+- ``pooled`` (:func:`pooled`): one verdict per claim over all tables together. ``mu``
+  is the mean over tables of each table's mean same-seed difference, each machine
+  weighing the same; its variance comes from each table's own SD of the differences
+  (the machines' seed noise differs: the FI controls' SD is several times larger on one
+  CPU than on another), with Welch-Satterthwaite's degrees of freedom, so two tables
+  reduce to Welch's test. Seeds are paired within a table and never across tables,
+  which this respects. It estimates the average effect over *these* machines, not over
+  machines in general: with two or three tables there is no honest between-machine
+  variance. Holm runs over the claims again, and the verdict rule is
+  :mod:`rmkd.claims`' own (:func:`rmkd.claims.decide`).
+
+The library's defaults follow the reference table's decided claims only
+(:func:`rmkd.reproduce.chosen_defaults`); the pooled verdicts are evidence beside it.
 """
 
 from __future__ import annotations
@@ -36,12 +47,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .claims import ALPHA, paired_claims, paired_differences
+from .claims import ALPHA, CLAIMS, MARGIN, decide, null_of, paired_claims, paired_differences
 from .machine import machine_path
 
 COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
            "vs_ref", "vs_ref_low", "vs_ref_high", "vs_ref_p"]  # fmt: skip
 AGREEMENTS = ("replicated", "conflicting", "decided in some", "undecided in all", "run in one table")
+POOLED = ["claim", "tables", "n", "mean_diff", "ci_low", "ci_high", "p", "p_holm", "verdict"]
 
 
 def replication(tables: dict[str, pd.DataFrame], claims=None) -> pd.DataFrame:
@@ -76,6 +88,47 @@ def _welch(d: np.ndarray, d_ref: np.ndarray) -> tuple[float, float, float, float
     return float(d.mean() - d_ref.mean()), float(ci.low), float(ci.high), float(res.pvalue)
 
 
+def pooled(tables: dict[str, pd.DataFrame], claims=None, margin: float = MARGIN) -> pd.DataFrame:
+    """One row per claim over all tables together (the module docstring's ``pooled``); columns :data:`POOLED`.
+
+    ``tables`` counts the tables with two or more paired seeds of the claim (the others are left
+    out), ``n`` their seeds; a claim no table has two seeds of is untested.
+    """
+    claims = CLAIMS if claims is None else claims
+    rows = []
+    for claim, a, relation, b in claims:
+        null = null_of(relation, margin)
+        diffs = [paired_differences(f[f.method != "teacher"], a, b).to_numpy() for f in tables.values()]
+        diffs = [d for d in diffs if len(d) >= 2]  # a single seed says nothing of its table's noise
+        n = sum(len(d) for d in diffs)
+        mean = lo = hi = p = math.nan
+        if diffs:
+            mean, lo, hi, p = _pooled_test(diffs, null)
+        rows.append([claim, len(diffs), n, mean, lo, hi, p, math.nan, ""])
+    return decide(pd.DataFrame(rows, columns=POOLED), [null_of(c[2], margin) for c in claims])
+
+
+def _pooled_test(diffs: list[np.ndarray], null: float) -> tuple[float, float, float, float]:
+    """(mu, 95% CI low, high, p of mu = null): mu the mean of the ``k`` table means, its variance
+    ``sum(s_t^2 / n_t) / k^2`` from each table's own SD, and Welch-Satterthwaite's degrees of freedom.
+
+    For two tables this is Welch's test (``scipy.stats.ttest_ind(equal_var=False)``) of
+    ``d_1 - null`` against ``null - d_2``; for one it is the paired t-test of that table.
+
+    Args:
+        diffs: each table's same-seed differences, ``[n_t]`` with ``n_t >= 2``.
+    """
+    k = len(diffs)
+    means = np.array([d.mean() for d in diffs])
+    v = np.array([d.var(ddof=1) / len(d) for d in diffs])  # the variance of each table's mean
+    mu, se = float(means.mean()), float(np.sqrt(v.sum()) / k)
+    if not se > 0:
+        return mu, math.nan, math.nan, math.nan  # no seed noise at all: untested, as scipy leaves it
+    df = float(v.sum() ** 2 / sum(vt**2 / (len(d) - 1) for vt, d in zip(v, diffs)))
+    q = stats.t.ppf(1 - ALPHA / 2, df)
+    return mu, mu - q * se, mu + q * se, float(2 * stats.t.sf(abs(mu - null) / se, df))
+
+
 def agreement(verdicts: pd.Series, n: pd.Series) -> str:
     """One of :data:`AGREEMENTS` for one claim's verdicts across tables (``n``: its paired seeds in
     each), over the tables with two or more paired seeds."""
@@ -95,12 +148,14 @@ def agreement_frame(rows: pd.DataFrame) -> pd.Series:
     return pd.Series({c: agreement(g.verdict, g.n) for c, g in rows.groupby("claim", sort=False)}, name="agreement")
 
 
-def replication_markdown(rows: pd.DataFrame) -> str:
+def replication_markdown(rows: pd.DataFrame, pool: pd.DataFrame | None = None) -> str:
     """The claims across tables as markdown: per table mean [95% CI] and verdict, each later table's
-    difference from the first (Welch), and the agreement; then a count per agreement."""
+    difference from the first (Welch), the agreement, and (given :func:`pooled`'s ``pool``) the
+    pooled verdict; then a count per agreement and per pooled verdict."""
     labels = list(pd.unique(rows.table))
     head = ["claim", *(f"{t}: mean diff [95% CI], verdict" for t in labels),
             *(f"{t} - {labels[0]} (Welch 95% CI, p)" for t in labels[1:]), "agreement"]  # fmt: skip
+    head += [] if pool is None else ["pooled: mean diff [95% CI], p (Holm), verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     agree = agreement_frame(rows)
     for claim, g in rows.groupby("claim", sort=False):
@@ -108,10 +163,23 @@ def replication_markdown(rows: pd.DataFrame) -> str:
         cells = [claim, *(_claim_cell(g.loc[t]) for t in labels), *(_vs_cell(g.loc[t]) for t in labels[1:])]
         ran = int((g.n >= 2).sum())
         over = f" ({ran} of {len(labels)} tables)" if 1 < ran < len(labels) else ""
-        lines.append("| " + " | ".join(cells + [f"**{agree[claim]}**{over}"]) + " |")
+        cells.append(f"**{agree[claim]}**{over}")
+        if pool is not None:
+            cells.append(_pooled_cell(pool.set_index("claim").loc[claim]))
+        lines.append("| " + " | ".join(cells) + " |")
     counts = agree.value_counts()
     lines += ["", "Agreement: " + ", ".join(f"{a} {int(counts.get(a, 0))}" for a in AGREEMENTS) + f" of {len(agree)} claims."]
+    if pool is not None:
+        verdicts = pool.verdict.value_counts()
+        lines.append("Pooled: " + ", ".join(f"{v} {int(verdicts.get(v, 0))}" for v in ("supported", "contradicted", "undecided"))
+                     + f" of {len(pool)} claims (Holm over the pooled claims).")  # fmt: skip
     return "\n".join(lines)
+
+
+def _pooled_cell(r: pd.Series) -> str:
+    if r.p != r.p:  # NaN: no more seeds than tables
+        return f"{r.n} seeds, {r.verdict}"
+    return f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], {r.p_holm:.2g}, **{r.verdict}** ({r.tables} tables, {r.n} seeds)"
 
 
 def _claim_cell(r: pd.Series) -> str:
@@ -135,6 +203,7 @@ def replication_report(csvs: dict[str, str]) -> str:
     """
     tables = {label: _read_table(path) for label, path in csvs.items()}
     rows = replication(tables)
+    pool = pooled(tables)
     labels = list(csvs)
     spec = " ".join(f"{label}={path}" for label, path in csvs.items())
     vs = f"`{labels[-1]} - {labels[0]}`" if len(labels) > 1 else "The between-table column"
@@ -146,13 +215,17 @@ def replication_report(csvs: dict[str, str]) -> str:
              "(seeds are not paired across machines). Agreement: *replicated* when every table decides the claim "
              "the same way, *conflicting* when one supports what another contradicts, *decided in some* when "
              "the others stay undecided, each over the tables with two or more paired seeds of the claim. "
+             "*Pooled* is one verdict over the tables together: the mean of the tables' mean same-seed differences "
+             "(each machine weighs the same), its interval from each table's own SD with Welch-Satterthwaite's "
+             "degrees of freedom, Holm over the claims (`rmkd.replication.pooled`). It is the average effect over "
+             "these machines, not over machines in general. "
              f"The library's defaults read the first table ({labels[0]}) only.", "",
              "| table | CSV | machine | student runs |", "|---|---|---|---|"]  # fmt: skip
     for label, path in csvs.items():
         frame = tables[label]
         machines = ", ".join(sorted(set(frame.get("machine", pd.Series(["?"])).astype(str))))
         lines.append(f"| {label} | `{path}` | {machines}{_fingerprint(path)} | {int((frame.method != 'teacher').sum())} |")
-    return "\n".join([*lines, "", replication_markdown(rows), ""])
+    return "\n".join([*lines, "", replication_markdown(rows, pool), ""])
 
 
 def _fingerprint(csv: str) -> str:

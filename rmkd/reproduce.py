@@ -690,8 +690,8 @@ if __name__ == "__main__":  # python -m rmkd.reproduce --readme: refresh README'
     parser.add_argument("--csv", default="docs/results/ablation.csv")
     parser.add_argument("--readme", nargs="?", const="README.md", default=None, help="also refresh this README's block")
     parser.add_argument("--compare", nargs="+", metavar="LABEL=CSV", default=None,
-                        help="instead: the claims of several machines' tables side by side (rmkd.replication), the "
-                             "first the reference, e.g. cpu2-amd=docs/results/ablation.csv")  # fmt: skip
+                        help="instead: the claims of several machines' tables side by side and pooled (rmkd.replication), "
+                             "the first the reference, e.g. cpu2-amd=docs/results/ablation.csv")  # fmt: skip
     parser.add_argument("--compare-out", default="docs/results/replication.md", help="where --compare writes")
     args = parser.parse_args()
     if args.compare:

@@ -1,5 +1,6 @@
 """rmkd.replication: each table's claims are that table's own paired claims; the between-table
-difference equals scipy's Welch test; the agreement rule; the page and its command's errors."""
+difference equals scipy's Welch test; the agreement rule; the pooled model against a float64
+reference; the page and its command's errors."""
 
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from scipy import stats
 
 from rmkd.claims import paired_claims
-from rmkd.replication import agreement, agreement_frame, replication, replication_markdown
+from rmkd.replication import agreement, agreement_frame, pooled, replication, replication_markdown
 
 CLAIMS = [
     ("a beats base", "a", "beats", "base"),
@@ -101,7 +102,69 @@ def test_compare_command_writes_the_page_and_rejects_bad_input(tmp_path):
     assert done.returncode == 0, done.stderr
     page = out.read_text()
     assert "| one | " in page and "| two | " in page and "two - one (Welch 95% CI, p)" in page
-    assert next(t for t in page.splitlines() if t.startswith("| RM beats the baseline |")).count("contradicted") == 2
+    line = next(t for t in page.splitlines() if t.startswith("| RM beats the baseline |"))
+    assert line.count("contradicted") == 3 and line.endswith("**contradicted** (2 tables, 8 seeds) |")  # two tables, pooled
+    assert "Pooled: supported" in page and "of 17 claims (Holm over the pooled claims)" in page
     for bad, message in ((["one"], "LABEL=CSV pairs"), ([f"x={tmp_path / 'none.csv'}"], "none.csv: no such study CSV")):
         done = subprocess.run(cmd + bad, capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def _pooled_reference(diffs: list[np.ndarray], null: float) -> tuple[float, float, float, float]:
+    """mu = mean of the table means; var = sum(s_t^2 / n_t) / k^2; Welch-Satterthwaite df; a
+    t-interval and a two-sided t-test of mu = null, in float64 loops."""
+    k = len(diffs)
+    means = [sum(float(x) for x in d) / len(d) for d in diffs]
+    v = [sum((float(x) - m) ** 2 for x in d) / (len(d) - 1) / len(d) for d, m in zip(diffs, means)]
+    mu, se = sum(means) / k, sum(v) ** 0.5 / k
+    df = sum(v) ** 2 / sum(vt**2 / (len(d) - 1) for vt, d in zip(v, diffs))
+    q = stats.t.ppf(0.975, df)
+    return mu, mu - q * se, mu + q * se, 2 * stats.t.sf(abs(mu - null) / se, df)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pooled_equals_a_float64_reference_and_holm_over_its_claims(seed):
+    rng = np.random.default_rng(seed)
+    tables = {f"t{i}": _table(rng, {"base": 0, "a": rng.normal(1.5, 1), "b": rng.normal(0, 1)}, int(rng.integers(2, 8)))
+              for i in range(int(rng.integers(2, 4)))}  # fmt: skip
+    tables["one seed"] = _table(rng, {"base": 0, "a": 9.0, "b": 9.0}, 1)  # says nothing of its noise: left out
+    got = pooled(tables, CLAIMS)
+    assert list(got.claim) == [c for c, *_ in CLAIMS] and (got.tables == len(tables) - 1).all()
+    for r, (_, a, relation, b) in zip(got.itertuples(), CLAIMS):
+        diffs = [(w[a] - w[b]).to_numpy() for w in (f[f.method != "teacher"].pivot(index="seed", columns="method", values="AP")
+                                                    for label, f in tables.items() if label != "one seed")]  # fmt: skip
+        null = 0.0 if relation == "beats" else -1.0
+        assert r.n == sum(len(d) for d in diffs)
+        assert (r.mean_diff, r.ci_low, r.ci_high, r.p) == pytest.approx(_pooled_reference(diffs, null), rel=1e-9)
+        if len(diffs) == 2:  # two tables: Welch's test of d_1 - null against null - d_2
+            welch = stats.ttest_ind(diffs[0] - null, null - diffs[1], equal_var=False)
+            assert r.p == pytest.approx(welch.pvalue, rel=1e-9)
+            assert (r.ci_high - r.ci_low) * 2 == pytest.approx(np.diff(welch.confidence_interval(0.95)), rel=1e-9)
+    holm = [min(1.0, max((len(got) - j) * p for j, p in enumerate(sorted(got.p)[: i + 1]))) for i in range(len(got))]
+    assert sorted(got.p_holm) == pytest.approx(holm, rel=1e-12)
+
+
+def test_pooled_over_one_table_is_that_tables_paired_claims():
+    rng = np.random.default_rng(7)
+    frame = _table(rng, {"base": 0, "a": 2.5, "b": 0.3}, 6)
+    got, own = pooled({"only": frame}, CLAIMS), paired_claims(frame, CLAIMS)
+    for col in ("n", "mean_diff", "ci_low", "ci_high", "p", "p_holm"):
+        assert got[col].to_numpy() == pytest.approx(own[col].to_numpy(), rel=1e-9), col
+    assert list(got.verdict) == list(own.verdict)
+
+
+def test_pooled_decides_what_each_table_alone_cannot_and_keeps_the_margin_rule():
+    # a beats base by 1 AP: three seeds per table leave each table undecided, together they decide
+    offsets = np.array([0.6, -0.5, -0.1])  # same-seed noise, the same on every table: mean 0, sd 0.56
+    tables = {t: pd.DataFrame([{"method": m, "seed": s, "AP": 30.0 + s + (1.0 + offsets[s] + shift if m == "a" else 0.0)}
+                               for m in ("base", "a") for s in range(3)]) for t, shift in (("x", -0.05), ("y", 0.05))}  # fmt: skip
+    claims = [("a beats base", "a", "beats", "base"), ("base at least as well as a", "base", "at least as well as", "a")]
+    assert set(replication(tables, claims).verdict) == {"undecided"}
+    got = pooled(tables, claims).set_index("claim")
+    assert got.loc["a beats base", "verdict"] == "supported" and got.loc["a beats base", "n"] == 6
+    # base is 1 AP behind a: exactly at the margin, so non-inferiority is neither shown nor refuted
+    assert got.loc["base at least as well as a", "verdict"] == "undecided"
+    assert got.loc["base at least as well as a", "mean_diff"] == pytest.approx(-1.0)
+    # one seed per table says nothing of the noise: untested, not guessed
+    one = pooled({t: f[f.seed == 0] for t, f in tables.items()}, claims)
+    assert one.p.isna().all() and (one.tables == 0).all() and set(one.verdict) == {"undecided"}
