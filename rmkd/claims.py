@@ -119,22 +119,21 @@ def paired_claims(frame: pd.DataFrame, claims=None, margin: float = MARGIN, metr
     """
     claims = CLAIMS if claims is None else claims
     frame = frame[frame.method != "teacher"]
-    rows = []
-    for claim, a, relation, b in claims:
-        if relation not in RELATIONS:
-            raise ValueError(f"claim {claim!r}: relation must be one of {RELATIONS}, got {relation!r}")
-        null = null_of(relation, margin)
+    rows, nulls = [], [null_of(c, margin) for c in claims]
+    for (claim, a, relation, b), null in zip(claims, nulls):
         d = paired_differences(frame, a, b, metric).to_numpy()
         mean = float(d.mean()) if len(d) else math.nan
         sd, lo, hi, p = _test(d, null)
         rows.append([claim, a, relation, b, len(d), mean, sd, lo, hi, p, math.nan, "", seeds_needed(mean, sd, null)])
-    return decide(pd.DataFrame(rows, columns=COLUMNS), [null_of(c[2], margin) for c in claims])
+    return decide(pd.DataFrame(rows, columns=COLUMNS), nulls)
 
 
-def null_of(relation: str, margin: float = MARGIN) -> float:
-    """The tested value of mean(d): 0 for ``beats``, ``-margin`` for ``at least as well as``."""
+def null_of(claim: tuple, margin: float = MARGIN) -> float:
+    """The tested value of mean(d) for a ``(claim, a, relation, b)`` tuple: 0 for ``beats``,
+    ``-margin`` for ``at least as well as``."""
+    name, _, relation, _ = claim
     if relation not in RELATIONS:
-        raise ValueError(f"relation must be one of {RELATIONS}, got {relation!r}")
+        raise ValueError(f"claim {name!r}: relation must be one of {RELATIONS}, got {relation!r}")
     return 0.0 if relation == "beats" else -margin
 
 

@@ -95,17 +95,14 @@ def pooled(tables: dict[str, pd.DataFrame], claims=None, margin: float = MARGIN)
     out), ``n`` their seeds; a claim no table has two seeds of is untested.
     """
     claims = CLAIMS if claims is None else claims
-    rows = []
-    for claim, a, relation, b in claims:
-        null = null_of(relation, margin)
-        diffs = [paired_differences(f[f.method != "teacher"], a, b).to_numpy() for f in tables.values()]
+    rows, nulls = [], [null_of(c, margin) for c in claims]
+    for (claim, a, _, b), null in zip(claims, nulls):
+        diffs = [paired_differences(f, a, b).to_numpy() for f in tables.values()]
         diffs = [d for d in diffs if len(d) >= 2]  # a single seed says nothing of its table's noise
         n = sum(len(d) for d in diffs)
-        mean = lo = hi = p = math.nan
-        if diffs:
-            mean, lo, hi, p = _pooled_test(diffs, null)
+        mean, lo, hi, p = _pooled_test(diffs, null) if diffs else (math.nan,) * 4
         rows.append([claim, len(diffs), n, mean, lo, hi, p, math.nan, ""])
-    return decide(pd.DataFrame(rows, columns=POOLED), [null_of(c[2], margin) for c in claims])
+    return decide(pd.DataFrame(rows, columns=POOLED), nulls)
 
 
 def _pooled_test(diffs: list[np.ndarray], null: float) -> tuple[float, float, float, float]:
@@ -158,14 +155,15 @@ def replication_markdown(rows: pd.DataFrame, pool: pd.DataFrame | None = None) -
     head += [] if pool is None else ["pooled: mean diff [95% CI], p (Holm), verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     agree = agreement_frame(rows)
+    by_claim = None if pool is None else pool.set_index("claim")
     for claim, g in rows.groupby("claim", sort=False):
         g = g.set_index("table")
         cells = [claim, *(_claim_cell(g.loc[t]) for t in labels), *(_vs_cell(g.loc[t]) for t in labels[1:])]
         ran = int((g.n >= 2).sum())
         over = f" ({ran} of {len(labels)} tables)" if 1 < ran < len(labels) else ""
         cells.append(f"**{agree[claim]}**{over}")
-        if pool is not None:
-            cells.append(_pooled_cell(pool.set_index("claim").loc[claim]))
+        if by_claim is not None:
+            cells.append(_pooled_cell(by_claim.loc[claim]))
         lines.append("| " + " | ".join(cells) + " |")
     counts = agree.value_counts()
     lines += ["", "Agreement: " + ", ".join(f"{a} {int(counts.get(a, 0))}" for a in AGREEMENTS) + f" of {len(agree)} claims."]
@@ -177,7 +175,7 @@ def replication_markdown(rows: pd.DataFrame, pool: pd.DataFrame | None = None) -
 
 
 def _pooled_cell(r: pd.Series) -> str:
-    if r.p != r.p:  # NaN: no more seeds than tables
+    if r.p != r.p:  # NaN: no table with two paired seeds, or no seed noise at all
         return f"{r.n} seeds, {r.verdict}"
     return f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], {r.p_holm:.2g}, **{r.verdict}** ({r.tables} tables, {r.n} seeds)"
 

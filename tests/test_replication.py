@@ -168,3 +168,11 @@ def test_pooled_decides_what_each_table_alone_cannot_and_keeps_the_margin_rule()
     # one seed per table says nothing of the noise: untested, not guessed
     one = pooled({t: f[f.seed == 0] for t, f in tables.items()}, claims)
     assert one.p.isna().all() and (one.tables == 0).all() and set(one.verdict) == {"undecided"}
+
+
+def test_an_unknown_relation_is_named_by_both_tests():
+    frame = _table(np.random.default_rng(3), {"base": 0, "a": 1.0}, 3)
+    bad = [("a dominates base", "a", "dominates", "base")]
+    for test in (lambda: paired_claims(frame, bad), lambda: pooled({"x": frame}, bad)):
+        with pytest.raises(ValueError, match="claim 'a dominates base': relation must be one of"):
+            test()
