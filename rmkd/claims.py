@@ -17,6 +17,14 @@ For each claim (A, relation, B):
   rejects and the whole interval is below -margin (B better by more than the margin).
 - anything else is *undecided*: the data cannot tell (never "did not hold").
 
+An undecided claim does not say how large an effect the data leave room for, so
+each ``beats`` claim also gets an equivalence test at the same margin: the two
+one-sided tests (TOST) of mean(d) <= -margin and mean(d) >= +margin, ``p_equiv``
+the larger of their p-values. ``equivalent`` (*within ±margin AP*) when Holm over
+the claims' ``p_equiv`` (a family of its own, beside the verdicts') rejects: the
+effect, whatever its sign, is smaller than the margin. It can sit beside any
+verdict (a decided gain of 0.3 AP is both *supported* and within ±1 AP).
+
 Holm's step-down correction runs over the claims of one table together
 (``statsmodels.stats.multitest.multipletests``): every claim with two or more
 paired seeds (a claim without them has no p). A finished study tests all of
@@ -64,7 +72,8 @@ CLAIMS = [
     ("RM sharpened to T = 0.25 beats RM at T = 1", "rm_t0.25", "beats", "rm"),
     ("RM sharpened to T = 0.1 beats RM at T = 1", "rm_t0.1", "beats", "rm"),
 ]
-COLUMNS = ["claim", "a", "relation", "b", "n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p", "p_holm", "verdict", "seeds_needed"]
+COLUMNS = ["claim", "a", "relation", "b", "n", "mean_diff", "sd_diff", "ci_low", "ci_high", "p", "p_holm", "verdict",
+           "seeds_needed", "p_equiv", "p_equiv_holm", "equivalent"]  # fmt: skip
 RELATIONS = ("beats", "at least as well as")
 
 
@@ -83,6 +92,16 @@ def _test(d: np.ndarray, null: float) -> tuple[float, float, float, float]:
     res = stats.ttest_1samp(d, null)
     ci = res.confidence_interval(1 - ALPHA)
     return float(np.std(d, ddof=1)), float(ci.low), float(ci.high), float(res.pvalue)
+
+
+def tost_p(d: np.ndarray, margin: float = MARGIN) -> float:
+    """p of the two one-sided t-tests of mean(d) <= -margin and mean(d) >= +margin (the larger of
+    the two); NaN with fewer than two differences or none of their spread."""
+    if len(d) < 2 or not np.std(d) > 0:  # scipy would call a spread-less set infinitely precise
+        return math.nan
+    low = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+    high = stats.ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(low, high))
 
 
 def seeds_needed(mean_diff: float, sd_diff: float, null: float = 0.0, power: float = 0.8) -> float:
@@ -124,7 +143,9 @@ def paired_claims(frame: pd.DataFrame, claims=None, margin: float = MARGIN, metr
         d = paired_differences(frame, a, b, metric).to_numpy()
         mean = float(d.mean()) if len(d) else math.nan
         sd, lo, hi, p = _test(d, null)
-        rows.append([claim, a, relation, b, len(d), mean, sd, lo, hi, p, math.nan, "", seeds_needed(mean, sd, null)])
+        p_equiv = tost_p(d, margin) if relation == "beats" else math.nan
+        rows.append([claim, a, relation, b, len(d), mean, sd, lo, hi, p, math.nan, "", seeds_needed(mean, sd, null),
+                     p_equiv, math.nan, False])  # fmt: skip
     return decide(pd.DataFrame(rows, columns=COLUMNS), nulls)
 
 
@@ -138,30 +159,50 @@ def null_of(claim: tuple, margin: float = MARGIN) -> float:
 
 
 def decide(out: pd.DataFrame, nulls) -> pd.DataFrame:
-    """Fill ``p_holm`` (Holm over the rows with a p) and ``verdict`` of a claims frame.
+    """Fill ``p_holm`` and ``verdict`` of a claims frame, and ``p_equiv_holm`` and ``equivalent``
+    (Holm over the equivalence tests, a family of its own) where it has ``p_equiv``.
 
     Args:
         out: one row per claim with ``p, ci_low, ci_high`` (NaN where untested).
         nulls: each row's tested value (:func:`null_of`).
     """
-    tested = out.p.notna()
-    if tested.any():
-        out.loc[tested, "p_holm"] = multipletests(out.p[tested], alpha=ALPHA, method="holm")[1]
+    out["p_holm"] = _holm(out.p)
     out["verdict"] = [_verdict(r.p_holm, r.ci_low, r.ci_high, n) for r, n in zip(out.itertuples(), nulls)]
+    if "p_equiv" in out:
+        out["p_equiv_holm"] = _holm(out.p_equiv)
+        out["equivalent"] = (out.p_equiv_holm < ALPHA).to_numpy()  # NaN compares False: untested
     return out
+
+
+def _holm(p: pd.Series) -> pd.Series:
+    """Holm-adjusted p over the rows that have a p (NaN elsewhere)."""
+    adjusted = pd.Series(math.nan, index=p.index)
+    tested = p.notna()
+    if tested.any():
+        adjusted[tested] = multipletests(p[tested], alpha=ALPHA, method="holm")[1]
+    return adjusted
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
     """The paired-claims frame as a markdown table (AP on 0-100)."""
     lines = [
-        "| claim | A - B | seeds | mean diff | SD | 95% CI | p | p (Holm) | verdict | seeds for 80% power |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| claim | A - B | seeds | mean diff | SD | 95% CI | p | p (Holm) | verdict | seeds for 80% power "
+        f"| within ±{MARGIN:g} AP: p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in claims.itertuples():
         ci = "-" if r.ci_low != r.ci_low else f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}]"
         fmt = lambda x, f: "-" if x != x else format(x, f)  # noqa: E731 - NaN as '-'
         lines.append(
             f"| {r.claim} | {r.a} - {r.b} | {r.n} | {fmt(r.mean_diff, '+.2f')} | {fmt(r.sd_diff, '.2f')} | {ci} | "
-            f"{fmt(r.p, '.3g')} | {fmt(r.p_holm, '.3g')} | **{r.verdict}** | {fmt(r.seeds_needed, '.0f')} |"
+            f"{fmt(r.p, '.3g')} | {fmt(r.p_holm, '.3g')} | **{r.verdict}** | {fmt(r.seeds_needed, '.0f')} | "
+            f"{equivalence_cell(r)} |"
         )
     return "\n".join(lines)
+
+
+def equivalence_cell(r) -> str:
+    """``**yes**, 0.012`` / ``no, 0.41`` / ``-`` (not a ``beats`` claim, or untested) for one claim row."""
+    if r.p_equiv_holm != r.p_equiv_holm:
+        return "-"
+    return f"{'**yes**' if r.equivalent else 'no'}, {r.p_equiv_holm:.2g}"

@@ -31,7 +31,8 @@ each claim's verdicts next to each other:
   which this respects. It estimates the average effect over *these* machines, not over
   machines in general: with two or three tables there is no honest between-machine
   variance. Holm runs over the claims again, and the verdict rule is
-  :mod:`rmkd.claims`' own (:func:`rmkd.claims.decide`).
+  :mod:`rmkd.claims`' own (:func:`rmkd.claims.decide`), equivalence within the margin
+  (TOST, its own Holm family) included.
 
 The library's defaults follow the reference table's decided claims only
 (:func:`rmkd.reproduce.chosen_defaults`); the pooled verdicts are evidence beside it.
@@ -53,7 +54,8 @@ from .machine import machine_path
 COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
            "vs_ref", "vs_ref_low", "vs_ref_high", "vs_ref_p"]  # fmt: skip
 AGREEMENTS = ("replicated", "conflicting", "decided in some", "undecided in all", "run in one table")
-POOLED = ["claim", "tables", "n", "mean_diff", "ci_low", "ci_high", "p", "p_holm", "verdict"]
+POOLED = ["claim", "tables", "n", "mean_diff", "ci_low", "ci_high", "p", "p_holm", "verdict", "p_equiv", "p_equiv_holm",
+          "equivalent"]  # fmt: skip
 
 
 def replication(tables: dict[str, pd.DataFrame], claims=None) -> pd.DataFrame:
@@ -92,22 +94,26 @@ def pooled(tables: dict[str, pd.DataFrame], claims=None, margin: float = MARGIN)
     """One row per claim over all tables together (the module docstring's ``pooled``); columns :data:`POOLED`.
 
     ``tables`` counts the tables with two or more paired seeds of the claim (the others are left
-    out), ``n`` their seeds; a claim no table has two seeds of is untested.
+    out), ``n`` their seeds; a claim no table has two seeds of is untested. ``p_equiv``: the two
+    one-sided tests of ``|mu| >= margin`` on the same mu, SE and degrees of freedom (``beats``
+    claims only, as in :func:`rmkd.claims.paired_claims`).
     """
     claims = CLAIMS if claims is None else claims
     rows, nulls = [], [null_of(c, margin) for c in claims]
-    for (claim, a, _, b), null in zip(claims, nulls):
+    for (claim, a, relation, b), null in zip(claims, nulls):
         diffs = [paired_differences(f, a, b).to_numpy() for f in tables.values()]
         diffs = [d for d in diffs if len(d) >= 2]  # a single seed says nothing of its table's noise
         n = sum(len(d) for d in diffs)
-        mean, lo, hi, p = _pooled_test(diffs, null) if diffs else (math.nan,) * 4
-        rows.append([claim, len(diffs), n, mean, lo, hi, p, math.nan, ""])
+        mean, lo, hi, p, p_equiv = _pooled_test(diffs, null, margin) if diffs else (math.nan,) * 5
+        p_equiv = p_equiv if relation == "beats" else math.nan
+        rows.append([claim, len(diffs), n, mean, lo, hi, p, math.nan, "", p_equiv, math.nan, False])
     return decide(pd.DataFrame(rows, columns=POOLED), nulls)
 
 
-def _pooled_test(diffs: list[np.ndarray], null: float) -> tuple[float, float, float, float]:
-    """(mu, 95% CI low, high, p of mu = null): mu the mean of the ``k`` table means, its variance
-    ``sum(s_t^2 / n_t) / k^2`` from each table's own SD, and Welch-Satterthwaite's degrees of freedom.
+def _pooled_test(diffs: list[np.ndarray], null: float, margin: float = MARGIN) -> tuple[float, ...]:
+    """(mu, 95% CI low, high, p of mu = null, TOST p of |mu| >= margin): mu the mean of the ``k``
+    table means, its variance ``sum(s_t^2 / n_t) / k^2`` from each table's own SD, and
+    Welch-Satterthwaite's degrees of freedom.
 
     For two tables this is Welch's test (``scipy.stats.ttest_ind(equal_var=False)``) of
     ``d_1 - null`` against ``null - d_2``; for one it is the paired t-test of that table.
@@ -120,10 +126,11 @@ def _pooled_test(diffs: list[np.ndarray], null: float) -> tuple[float, float, fl
     v = np.array([d.var(ddof=1) / len(d) for d in diffs])  # the variance of each table's mean
     mu, se = float(means.mean()), float(np.sqrt(v.sum()) / k)
     if not se > 0:
-        return mu, math.nan, math.nan, math.nan  # no seed noise at all: untested, as scipy leaves it
+        return mu, math.nan, math.nan, math.nan, math.nan  # no seed noise at all: untested, as scipy leaves it
     df = float(v.sum() ** 2 / sum(vt**2 / (len(d) - 1) for vt, d in zip(v, diffs)))
     q = stats.t.ppf(1 - ALPHA / 2, df)
-    return mu, mu - q * se, mu + q * se, float(2 * stats.t.sf(abs(mu - null) / se, df))
+    p_equiv = max(stats.t.sf((mu + margin) / se, df), stats.t.cdf((mu - margin) / se, df))
+    return mu, mu - q * se, mu + q * se, float(2 * stats.t.sf(abs(mu - null) / se, df)), float(p_equiv)
 
 
 def agreement(verdicts: pd.Series, n: pd.Series) -> str:
@@ -177,7 +184,9 @@ def replication_markdown(rows: pd.DataFrame, pool: pd.DataFrame | None = None) -
 def _pooled_cell(r: pd.Series) -> str:
     if r.p != r.p:  # NaN: no table with two paired seeds, or no seed noise at all
         return f"{r.n} seeds, {r.verdict}"
-    return f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], {r.p_holm:.2g}, **{r.verdict}** ({r.tables} tables, {r.n} seeds)"
+    within = f", within ±{MARGIN:g} AP ({r.p_equiv_holm:.2g})" if r.equivalent else ""
+    return (f"{r.mean_diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], {r.p_holm:.2g}, **{r.verdict}**{within} "
+            f"({r.tables} tables, {r.n} seeds)")
 
 
 def _claim_cell(r: pd.Series) -> str:

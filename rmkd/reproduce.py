@@ -104,7 +104,9 @@ CLAIMS_RULE = (
     f"otherwise *undecided* (the data cannot tell). \"A works at least as well as B\" tests against a margin of "
     f"{MARGIN} AP fixed in advance: supported only when the interval's lower end is above -{MARGIN}. "
     "Seeds for 80% power: to detect the observed difference (or 1.5 AP when smaller) at the observed SD, before "
-    "the correction."
+    f"the correction. *Within ±{MARGIN:g} AP* (\"beats\" claims): the two one-sided tests of |mean difference| "
+    f">= {MARGIN:g} AP at the same margin (TOST), Holm over the claims as a family of its own; *yes* bounds the "
+    "effect, whatever its sign and verdict, below the margin."
 )
 DETECTORS = {"retinanet": ("teacher.yaml", "student.yaml")}
 # No intermediate evaluations: the study needs the final AP only.
@@ -666,6 +668,9 @@ def readme_block(frame: pd.DataFrame, detector: str = "retinanet") -> str:
         names = claims[claims.verdict == verdict].claim.tolist()
         if names:
             lines.append(f"{verdict.capitalize()}: {'; '.join(names)}.")
+    within = claims[claims.equivalent].claim.tolist()
+    if within:
+        lines.append(f"Within ±{MARGIN:g} AP, whatever the verdict (two one-sided tests, Holm): {'; '.join(within)}.")
     return "\n".join(lines)
 
 

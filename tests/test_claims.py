@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from rmkd.claims import ALPHA, MARGIN, paired_claims, seeds_needed
+from rmkd.claims import ALPHA, MARGIN, claims_markdown, paired_claims, seeds_needed
 
 CLAIMS = [
     ("a beats base", "a", "beats", "base"),
@@ -102,6 +102,48 @@ def test_too_few_seeds_is_undecided_never_did_not_hold():
     assert r.n == 0 and r.verdict == "undecided"
     assert set(paired_claims(_frame({"base": [1, 2, 3], "a": [3, 1, 2], "b": [2, 2, 2]}), CLAIMS).verdict) <= {
         "supported", "contradicted", "undecided"}  # fmt: skip
+
+
+def _tost_reference(d: list[float], margin: float) -> float:
+    """max of the two one-sided t-tests' p (mean <= -margin, mean >= +margin), in float64 loops."""
+    n = len(d)
+    mean = sum(d) / n
+    se = (sum((x - mean) ** 2 for x in d) / (n - 1) / n) ** 0.5
+    return max(stats.t.sf((mean + margin) / se, n - 1), stats.t.cdf((mean - margin) / se, n - 1))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_equivalence_is_two_one_sided_tests_with_holm_over_the_beats_claims(seed):
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(3, 9))
+    seed_effect = rng.normal(20, 4, n)
+    aps = {m: list(seed_effect + rng.normal(shift, 0.6, n)) for m, shift in (("base", 0), ("a", 0.2), ("b", rng.normal(0, 1)))}
+    out = paired_claims(_frame(aps), CLAIMS).set_index("claim")
+    p_ref = []
+    for claim, a, relation, b in CLAIMS[:2]:
+        d = [x - y for x, y in zip(aps[a], aps[b])]
+        assert out.loc[claim, "p_equiv"] == pytest.approx(_tost_reference(d, MARGIN), rel=1e-9)
+        p_ref.append(_tost_reference(d, MARGIN))
+    np.testing.assert_allclose(out.p_equiv_holm.to_numpy()[:2], _holm_reference(p_ref), rtol=1e-9)
+    assert list(out.equivalent[:2]) == [p < ALPHA for p in _holm_reference(p_ref)]
+    # "at least as well as" is already a margin test: no equivalence for it
+    at_least = out.loc["a at least as well as b"]
+    assert math.isnan(at_least.p_equiv) and math.isnan(at_least.p_equiv_holm) and not at_least.equivalent
+
+
+def test_equivalence_bounds_what_an_undecided_claim_leaves_room_for():
+    near_zero = _verdict([0.2, -0.1, 0.1, -0.2, 0.15, -0.05])  # spans 0 tightly: undecided, and small
+    assert near_zero.verdict == "undecided" and near_zero.equivalent
+    noisy = _verdict([3.0, -2.0, 1.0, -1.5, 2.5, -0.5])  # spans 0 widely: undecided, and could be large
+    assert noisy.verdict == "undecided" and not noisy.equivalent
+    small_gain = _verdict([0.31, 0.29, 0.30, 0.32, 0.28, 0.30])  # decided, and smaller than the margin
+    assert small_gain.verdict == "supported" and small_gain.equivalent
+    large_gain = _verdict([2.1, 1.9, 2.0, 2.2, 1.8, 2.0])
+    assert large_gain.verdict == "supported" and not large_gain.equivalent
+    assert math.isnan(_verdict([0.5, 0.5, 0.5]).p_equiv)  # no spread: untested, not "infinitely sure"
+    text = claims_markdown(paired_claims(_frame({"base": [20, 25, 18, 30, 22, 27], "a": [20.2, 24.9, 18.1, 29.8, 22.15, 26.95]}),
+                                         [CLAIMS[0]]))  # fmt: skip
+    assert "within ±1 AP: p (Holm)" in text and "| **undecided** |" in text and text.rstrip().split("| ")[-1].startswith("**yes**")
 
 
 def _power_reference(effect: float, n: int) -> float:

@@ -122,6 +122,15 @@ def _pooled_reference(diffs: list[np.ndarray], null: float) -> tuple[float, floa
     return mu, mu - q * se, mu + q * se, 2 * stats.t.sf(abs(mu - null) / se, df)
 
 
+def _pooled_tost_reference(diffs: list[np.ndarray], margin: float = 1.0) -> float:
+    """The two one-sided tests of |mu| >= margin on the reference's mu, SE and degrees of freedom."""
+    mu, lo, hi, _ = _pooled_reference(diffs, 0.0)
+    k = len(diffs)
+    v = [float(np.var(d, ddof=1)) / len(d) for d in diffs]
+    se, df = sum(v) ** 0.5 / k, sum(v) ** 2 / sum(vt**2 / (len(d) - 1) for vt, d in zip(v, diffs))
+    return max(stats.t.sf((mu + margin) / se, df), stats.t.cdf((mu - margin) / se, df))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_pooled_equals_a_float64_reference_and_holm_over_its_claims(seed):
     rng = np.random.default_rng(seed)
@@ -136,6 +145,10 @@ def test_pooled_equals_a_float64_reference_and_holm_over_its_claims(seed):
         null = 0.0 if relation == "beats" else -1.0
         assert r.n == sum(len(d) for d in diffs)
         assert (r.mean_diff, r.ci_low, r.ci_high, r.p) == pytest.approx(_pooled_reference(diffs, null), rel=1e-9)
+        if relation == "beats":
+            assert r.p_equiv == pytest.approx(_pooled_tost_reference(diffs), rel=1e-9)
+        else:
+            assert np.isnan(r.p_equiv) and not r.equivalent
         if len(diffs) == 2:  # two tables: Welch's test of d_1 - null against null - d_2
             welch = stats.ttest_ind(diffs[0] - null, null - diffs[1], equal_var=False)
             assert r.p == pytest.approx(welch.pvalue, rel=1e-9)
@@ -148,9 +161,9 @@ def test_pooled_over_one_table_is_that_tables_paired_claims():
     rng = np.random.default_rng(7)
     frame = _table(rng, {"base": 0, "a": 2.5, "b": 0.3}, 6)
     got, own = pooled({"only": frame}, CLAIMS), paired_claims(frame, CLAIMS)
-    for col in ("n", "mean_diff", "ci_low", "ci_high", "p", "p_holm"):
-        assert got[col].to_numpy() == pytest.approx(own[col].to_numpy(), rel=1e-9), col
-    assert list(got.verdict) == list(own.verdict)
+    for col in ("n", "mean_diff", "ci_low", "ci_high", "p", "p_holm", "p_equiv", "p_equiv_holm"):
+        assert got[col].to_numpy() == pytest.approx(own[col].to_numpy(), rel=1e-9, nan_ok=True), col
+    assert list(got.verdict) == list(own.verdict) and list(got.equivalent) == list(own.equivalent)
 
 
 def test_pooled_decides_what_each_table_alone_cannot_and_keeps_the_margin_rule():

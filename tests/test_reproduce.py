@@ -228,6 +228,19 @@ def test_tables_hold_the_paired_claims_and_decided_defaults_only():
     assert "the paper's cls stays" in lines
 
 
+def test_readme_block_names_the_decided_claims_and_the_bounded_ones():
+    from rmkd.reproduce import readme_block
+
+    frame = _frame({
+        "baseline": [10, 14, 12, 18, 11, 16], "rm": [12.1, 15.9, 14.2, 19.8, 13.0, 18.1],  # +2 every seed
+        "pfi": [10.1, 13.9, 12.05, 18.1, 10.95, 15.9],  # within 0.1 AP of the baseline: bounded, undecided
+    })  # fmt: skip
+    block = readme_block(frame)
+    assert "Supported: RM beats the baseline." in block
+    assert "Within ±1 AP, whatever the verdict (two one-sided tests, Holm): PFI beats the baseline." in block
+    assert "RM beats the baseline;" not in block.split("Within")[1]  # a 2-AP gain is not bounded by the margin
+
+
 def test_one_table_never_mixes_machines(tmp_path):
     from rmkd.reproduce import _check_machine
 
