@@ -94,14 +94,15 @@ def _test(d: np.ndarray, null: float) -> tuple[float, float, float, float]:
     return float(np.std(d, ddof=1)), float(ci.low), float(ci.high), float(res.pvalue)
 
 
-def tost_p(d: np.ndarray, margin: float = MARGIN) -> float:
-    """p of the two one-sided t-tests of mean(d) <= -margin and mean(d) >= +margin (the larger of
-    the two); NaN with fewer than two differences or none of their spread."""
-    if len(d) < 2 or not np.std(d) > 0:  # scipy would call a spread-less set infinitely precise
+def tost_p(mean: float, se: float, df: float, margin: float = MARGIN) -> float:
+    """p of the two one-sided t-tests of mean <= -margin and mean >= +margin (the larger of the
+    two), for an estimate with standard error ``se`` and ``df`` degrees of freedom: one table's
+    paired differences (``sd / sqrt(n)``, ``n - 1``) or the pooled estimate of
+    :func:`rmkd.replication.pooled`. NaN without a positive SE (too few seeds, or no spread, which
+    a t-test would call infinitely precise)."""
+    if not se > 0:
         return math.nan
-    low = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
-    high = stats.ttest_1samp(d, margin, alternative="less").pvalue
-    return float(max(low, high))
+    return float(max(stats.t.sf((mean + margin) / se, df), stats.t.cdf((mean - margin) / se, df)))
 
 
 def seeds_needed(mean_diff: float, sd_diff: float, null: float = 0.0, power: float = 0.8) -> float:
@@ -143,7 +144,8 @@ def paired_claims(frame: pd.DataFrame, claims=None, margin: float = MARGIN, metr
         d = paired_differences(frame, a, b, metric).to_numpy()
         mean = float(d.mean()) if len(d) else math.nan
         sd, lo, hi, p = _test(d, null)
-        p_equiv = tost_p(d, margin) if relation == "beats" else math.nan
+        tested = relation == "beats" and len(d) >= 2
+        p_equiv = tost_p(mean, sd / math.sqrt(len(d)), len(d) - 1, margin) if tested else math.nan
         rows.append([claim, a, relation, b, len(d), mean, sd, lo, hi, p, math.nan, "", seeds_needed(mean, sd, null),
                      p_equiv, math.nan, False])  # fmt: skip
     return decide(pd.DataFrame(rows, columns=COLUMNS), nulls)
@@ -160,17 +162,16 @@ def null_of(claim: tuple, margin: float = MARGIN) -> float:
 
 def decide(out: pd.DataFrame, nulls) -> pd.DataFrame:
     """Fill ``p_holm`` and ``verdict`` of a claims frame, and ``p_equiv_holm`` and ``equivalent``
-    (Holm over the equivalence tests, a family of its own) where it has ``p_equiv``.
+    (Holm over the equivalence tests, a family of its own).
 
     Args:
-        out: one row per claim with ``p, ci_low, ci_high`` (NaN where untested).
+        out: one row per claim with ``p, ci_low, ci_high, p_equiv`` (NaN where untested).
         nulls: each row's tested value (:func:`null_of`).
     """
     out["p_holm"] = _holm(out.p)
     out["verdict"] = [_verdict(r.p_holm, r.ci_low, r.ci_high, n) for r, n in zip(out.itertuples(), nulls)]
-    if "p_equiv" in out:
-        out["p_equiv_holm"] = _holm(out.p_equiv)
-        out["equivalent"] = (out.p_equiv_holm < ALPHA).to_numpy()  # NaN compares False: untested
+    out["p_equiv_holm"] = _holm(out.p_equiv)
+    out["equivalent"] = (out.p_equiv_holm < ALPHA).to_numpy()  # NaN compares False: untested
     return out
 
 

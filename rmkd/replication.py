@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .claims import ALPHA, CLAIMS, MARGIN, decide, null_of, paired_claims, paired_differences
+from .claims import ALPHA, CLAIMS, MARGIN, decide, null_of, paired_claims, paired_differences, tost_p
 from .machine import machine_path
 
 COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
@@ -129,8 +129,7 @@ def _pooled_test(diffs: list[np.ndarray], null: float, margin: float = MARGIN) -
         return mu, math.nan, math.nan, math.nan, math.nan  # no seed noise at all: untested, as scipy leaves it
     df = float(v.sum() ** 2 / sum(vt**2 / (len(d) - 1) for vt, d in zip(v, diffs)))
     q = stats.t.ppf(1 - ALPHA / 2, df)
-    p_equiv = max(stats.t.sf((mu + margin) / se, df), stats.t.cdf((mu - margin) / se, df))
-    return mu, mu - q * se, mu + q * se, float(2 * stats.t.sf(abs(mu - null) / se, df)), float(p_equiv)
+    return mu, mu - q * se, mu + q * se, float(2 * stats.t.sf(abs(mu - null) / se, df)), tost_p(mu, se, df, margin)
 
 
 def agreement(verdicts: pd.Series, n: pd.Series) -> str:

@@ -123,6 +123,9 @@ def test_equivalence_is_two_one_sided_tests_with_holm_over_the_beats_claims(seed
     for claim, a, relation, b in CLAIMS[:2]:
         d = [x - y for x, y in zip(aps[a], aps[b])]
         assert out.loc[claim, "p_equiv"] == pytest.approx(_tost_reference(d, MARGIN), rel=1e-9)
+        scipy_p = max(stats.ttest_1samp(d, -MARGIN, alternative="greater").pvalue,
+                      stats.ttest_1samp(d, MARGIN, alternative="less").pvalue)  # fmt: skip
+        assert out.loc[claim, "p_equiv"] == pytest.approx(scipy_p, rel=1e-9)
         p_ref.append(_tost_reference(d, MARGIN))
     np.testing.assert_allclose(out.p_equiv_holm.to_numpy()[:2], _holm_reference(p_ref), rtol=1e-9)
     assert list(out.equivalent[:2]) == [p < ALPHA for p in _holm_reference(p_ref)]
@@ -141,6 +144,7 @@ def test_equivalence_bounds_what_an_undecided_claim_leaves_room_for():
     large_gain = _verdict([2.1, 1.9, 2.0, 2.2, 1.8, 2.0])
     assert large_gain.verdict == "supported" and not large_gain.equivalent
     assert math.isnan(_verdict([0.5, 0.5, 0.5]).p_equiv)  # no spread: untested, not "infinitely sure"
+    assert math.isnan(_verdict([0.5]).p_equiv) and not _verdict([0.5]).equivalent  # one seed: untested
     text = claims_markdown(paired_claims(_frame({"base": [20, 25, 18, 30, 22, 27], "a": [20.2, 24.9, 18.1, 29.8, 22.15, 26.95]}),
                                          [CLAIMS[0]]))  # fmt: skip
     assert "within ±1 AP: p (Holm)" in text and "| **undecided** |" in text and text.rstrip().split("| ")[-1].startswith("**yes**")
