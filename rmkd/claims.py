@@ -27,7 +27,8 @@ verdict (a decided gain of 0.3 AP is both *supported* and within ±1 AP).
 
 Holm's step-down correction runs over the claims of one table together
 (``statsmodels.stats.multitest.multipletests``): every claim with two or more
-paired seeds (a claim without them has no p). A finished study tests all of
+paired seeds whose differences vary (a claim without them has no p: a t-test
+cannot measure noise that never shows). A finished study tests all of
 :data:`CLAIMS`; an unfinished one tests fewer, and its family grows as runs land,
 so an interim verdict near alpha can still change. ``seeds_needed`` is the number of
 seeds a paired t-test needs for 80% power at ``alpha`` (before the correction) to
@@ -50,6 +51,7 @@ MARGIN = 1.0  # AP: "A works at least as well as B" tolerates B ahead by less th
 MIN_EFFECT = 1.5  # AP: the smallest difference seeds_needed plans for
 ALPHA = 0.05
 MAX_SEEDS = 1000  # seeds_needed reports inf beyond this
+SPREAD_TOL = 1e-9  # AP: same-seed differences closer than this have no spread (CSV APs carry 4 decimals)
 # The paper's claims (COCO, AAAI 2022) and the controls a reviewer asks for, as
 # (claim, method A, relation, method B) over the study's methods (rmkd.reproduce.METHODS).
 CLAIMS = [
@@ -86,9 +88,16 @@ def paired_differences(frame: pd.DataFrame, a: str, b: str, metric: str = "AP") 
 
 
 def _test(d: np.ndarray, null: float) -> tuple[float, float, float, float]:
-    """(sd, ci_low, ci_high, p) of a one-sample t-test of mean(d) = null (= ttest_rel on the pairs)."""
+    """(sd, ci_low, ci_high, p) of a one-sample t-test of mean(d) = null (= ttest_rel on the pairs).
+
+    Untested (NaN interval and p) below two seeds, and when every difference is the same (to
+    :data:`SPREAD_TOL` AP): the t-test would call that infinitely precise (p = 0, a zero-width
+    interval) on as few as two seeds, while the data say nothing of the seed x method noise.
+    """
     if len(d) < 2:
         return math.nan, math.nan, math.nan, math.nan
+    if np.ptp(d) <= SPREAD_TOL:  # differences of rounded APs may differ in the last bits only
+        return 0.0, math.nan, math.nan, math.nan
     res = stats.ttest_1samp(d, null)
     ci = res.confidence_interval(1 - ALPHA)
     return float(np.std(d, ddof=1)), float(ci.low), float(ci.high), float(res.pvalue)

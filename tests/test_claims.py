@@ -104,6 +104,22 @@ def test_too_few_seeds_is_undecided_never_did_not_hold():
         "supported", "contradicted", "undecided"}  # fmt: skip
 
 
+def test_differences_without_spread_are_untested_not_infinitely_sure():
+    # scipy would give p = 0 and a zero-width interval here: "supported" on two seeds
+    aps = {"base": [35.0581, 33.9607, 36.1504], "a": [35.3581, 34.2607, 36.4504]}  # +0.3 each, to the CSV's 4 decimals
+    d = np.subtract(aps["a"], aps["base"])
+    assert np.ptp(d) > 0 and stats.ttest_1samp(d, 0).pvalue < 1e-10  # float rounding alone gives scipy its "spread"
+    r = paired_claims(_frame(aps), [CLAIMS[0]]).iloc[0]
+    assert r.n == 3 and r.sd_diff == 0 and r.verdict == "undecided"
+    assert all(math.isnan(x) for x in (r.p, r.p_holm, r.ci_low, r.ci_high, r.seeds_needed, r.p_equiv))
+    assert math.isnan(_verdict([0.0, 0.0]).p)  # two identical runs: no t-test either
+    # an untested claim leaves Holm's family: the other claim is corrected over itself alone
+    frame = _frame({**aps, "b": [36.0, 33.0, 38.0]})
+    out = paired_claims(frame, CLAIMS[:2]).set_index("claim")
+    assert out.loc["b beats base", "p_holm"] == pytest.approx(out.loc["b beats base", "p"], rel=1e-12)
+    assert "| 3 | +0.30 | 0.00 | - | - | - | **undecided** | - | - |" in claims_markdown(out.reset_index())
+
+
 def _tost_reference(d: list[float], margin: float) -> float:
     """max of the two one-sided t-tests' p (mean <= -margin, mean >= +margin), in float64 loops."""
     n = len(d)
