@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .claims import ALPHA, CLAIMS, MARGIN, decide, null_of, paired_claims, paired_differences, tost_p
+from .claims import ALPHA, CLAIMS, MARGIN, SPREAD_TOL, decide, null_of, paired_claims, paired_differences, tost_p
 from .machine import machine_path
 
 COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
@@ -123,7 +123,8 @@ def _pooled_test(diffs: list[np.ndarray], null: float, margin: float = MARGIN) -
     """
     k = len(diffs)
     means = np.array([d.mean() for d in diffs])
-    v = np.array([d.var(ddof=1) / len(d) for d in diffs])  # the variance of each table's mean
+    # the variance of each table's mean; none where its differences do not vary (paired_claims' rule)
+    v = np.array([0.0 if np.ptp(d) <= SPREAD_TOL else d.var(ddof=1) / len(d) for d in diffs])
     mu, se = float(means.mean()), float(np.sqrt(v.sum()) / k)
     if not se > 0:
         return mu, math.nan, math.nan, math.nan, math.nan  # no seed noise at all: untested, as scipy leaves it

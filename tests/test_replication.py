@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from rmkd.claims import paired_claims
+from rmkd.claims import paired_claims, paired_differences
 from rmkd.replication import agreement, agreement_frame, pooled, replication, replication_markdown
 
 CLAIMS = [
@@ -181,6 +181,24 @@ def test_pooled_decides_what_each_table_alone_cannot_and_keeps_the_margin_rule()
     # one seed per table says nothing of the noise: untested, not guessed
     one = pooled({t: f[f.seed == 0] for t, f in tables.items()}, claims)
     assert one.p.isna().all() and (one.tables == 0).all() and set(one.verdict) == {"undecided"}
+
+
+def test_a_table_without_spread_is_untested_pooled_as_in_paired_claims():
+    # +0.3 AP on every seed, to the CSV's 4 decimals: float rounding alone leaves a spread of ~1e-15
+    base = [35.0581, 33.9607, 36.1504]
+    flat = pd.DataFrame([{"method": m, "seed": s, "AP": ap + (0.3 if m == "a" else 0.0)}
+                         for m in ("base", "a") for s, ap in enumerate(base)]).round(4)  # fmt: skip
+    claims = [("a beats base", "a", "beats", "base")]
+    one = pooled({"x": flat}, claims).iloc[0]
+    assert one.mean_diff == pytest.approx(0.3) and np.isnan(one.p) and np.isnan(one.ci_low) and one.verdict == "undecided"
+    assert np.isnan(paired_claims(flat, claims).iloc[0].p)
+    # beside a table with real noise, the flat one adds its mean but no variance
+    noisy = _table(np.random.default_rng(5), {"base": 0, "a": 0.5}, 4)
+    d = paired_differences(noisy, "a", "base").to_numpy()
+    got = pooled({"x": flat, "y": noisy}, claims).iloc[0]
+    se = np.sqrt(d.var(ddof=1) / len(d)) / 2
+    assert got.mean_diff == pytest.approx((0.3 + d.mean()) / 2)
+    assert got.p == pytest.approx(2 * stats.t.sf(abs(got.mean_diff) / se, len(d) - 1), rel=1e-9)
 
 
 def test_an_unknown_relation_is_named_by_both_tests():
