@@ -87,6 +87,13 @@ def paired_differences(frame: pd.DataFrame, a: str, b: str, metric: str = "AP") 
     return (pa[common] - pb[common]).astype(float)
 
 
+def spread(d: np.ndarray) -> float:
+    """The sample SD of differences ``[n]`` (n >= 2), 0 when they agree to :data:`SPREAD_TOL` AP:
+    differences of rounded APs may differ in the last bits only, which a t-test would read as
+    real, if tiny, noise (and so an almost infinitely precise mean)."""
+    return 0.0 if np.ptp(d) <= SPREAD_TOL else float(np.std(d, ddof=1))
+
+
 def _test(d: np.ndarray, null: float) -> tuple[float, float, float, float]:
     """(sd, ci_low, ci_high, p) of a one-sample t-test of mean(d) = null (= ttest_rel on the pairs).
 
@@ -96,11 +103,12 @@ def _test(d: np.ndarray, null: float) -> tuple[float, float, float, float]:
     """
     if len(d) < 2:
         return math.nan, math.nan, math.nan, math.nan
-    if np.ptp(d) <= SPREAD_TOL:  # differences of rounded APs may differ in the last bits only
-        return 0.0, math.nan, math.nan, math.nan
+    sd = spread(d)
+    if not sd > 0:
+        return sd, math.nan, math.nan, math.nan
     res = stats.ttest_1samp(d, null)
     ci = res.confidence_interval(1 - ALPHA)
-    return float(np.std(d, ddof=1)), float(ci.low), float(ci.high), float(res.pvalue)
+    return sd, float(ci.low), float(ci.high), float(res.pvalue)
 
 
 def tost_p(mean: float, se: float, df: float, margin: float = MARGIN) -> float:

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .claims import ALPHA, CLAIMS, MARGIN, SPREAD_TOL, decide, null_of, paired_claims, paired_differences, tost_p
+from .claims import ALPHA, CLAIMS, MARGIN, decide, null_of, paired_claims, paired_differences, spread, tost_p
 from .machine import machine_path
 
 COLUMNS = ["claim", "table", "n", "mean_diff", "ci_low", "ci_high", "p_holm", "verdict",
@@ -123,11 +123,10 @@ def _pooled_test(diffs: list[np.ndarray], null: float, margin: float = MARGIN) -
     """
     k = len(diffs)
     means = np.array([d.mean() for d in diffs])
-    # the variance of each table's mean; none where its differences do not vary (paired_claims' rule)
-    v = np.array([0.0 if np.ptp(d) <= SPREAD_TOL else d.var(ddof=1) / len(d) for d in diffs])
+    v = np.array([spread(d) ** 2 / len(d) for d in diffs])  # the variance of each table's mean
     mu, se = float(means.mean()), float(np.sqrt(v.sum()) / k)
     if not se > 0:
-        return mu, math.nan, math.nan, math.nan, math.nan  # no seed noise at all: untested, as scipy leaves it
+        return mu, math.nan, math.nan, math.nan, math.nan  # no seed noise at all: untested, as in paired_claims
     df = float(v.sum() ** 2 / sum(vt**2 / (len(d) - 1) for vt, d in zip(v, diffs)))
     q = stats.t.ppf(1 - ALPHA / 2, df)
     return mu, mu - q * se, mu + q * se, float(2 * stats.t.sf(abs(mu - null) / se, df)), tost_p(mu, se, df, margin)
