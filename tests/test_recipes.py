@@ -39,8 +39,8 @@ def test_every_recipe_is_tested():
 def test_student_recipe_pins_the_papers_rm_and_pfi_options(student_file):
     """The library's defaults follow the study (rmkd.reproduce.chosen_defaults) and may leave the
     paper's choices; a paper recipe names them itself, so such a move never changes what it runs."""
-    distill = yaml.safe_load((CONFIGS / student_file).read_text())["distill"]
-    pinned = {k: distill.get(k, "(not in the file)") for k in ("rm_score", "rm_space", "rm_temperature", "pfi_detach")}
+    written = yaml.safe_load((CONFIGS / student_file).read_text())["distill"]
+    pinned = {k: written.get(k, "(not in the file)") for k in ("rm_score", "rm_space", "rm_temperature", "pfi_detach")}
     assert pinned == {k: DEFAULT_OPTIONS[k] for k in pinned}
 
 
