@@ -15,7 +15,7 @@ from PIL import Image
 from rmkd.checkpoint import load_checkpoint
 from rmkd.config import load_config
 from rmkd.run import build_model, distill, scaled_lr, train
-from rmkd.weighting import DEFAULT_OPTIONS
+from rmkd.weighting import DEFAULT_OPTIONS, TERM_OPTIONS
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 # (teacher recipe, student recipe)
@@ -40,7 +40,7 @@ def test_student_recipe_pins_the_papers_rm_and_pfi_options(student_file):
     """The library's defaults follow the study (rmkd.reproduce.chosen_defaults) and may leave the
     paper's choices; a paper recipe names them itself, so such a move never changes what it runs."""
     written = yaml.safe_load((CONFIGS / student_file).read_text())["distill"]
-    pinned = {k: written.get(k, "(not in the file)") for k in ("rm_score", "rm_space", "rm_temperature", "pfi_detach")}
+    pinned = {k: written.get(k, "(not in the file)") for k in TERM_OPTIONS["rm"] + TERM_OPTIONS["pfi"]}
     assert pinned == {k: DEFAULT_OPTIONS[k] for k in pinned}
 
 
